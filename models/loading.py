@@ -1,0 +1,36 @@
+"""Checkpoint name -> ready pipeline, the one call workers and evaluation commands make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import torch
+
+from .checkpoints import CheckpointError, load_model
+from .pipelines import DannClassifier, DigitPipeline, FacePipeline
+from .scheduler import NoiseSchedule, NoiseScheduleConfig
+
+Pipeline = Union[FacePipeline, DigitPipeline, DannClassifier]
+
+# The served checkpoints, by the name their files carry in the checkpoint folder.
+FACE_MODELS = {"A": "dcgan-A", "B": "dcgan-B"}
+DIGIT_MODEL = "ddpm-digits"
+DANN_MODELS = {"svhn": "dann-svhn", "usps": "dann-usps"}
+EVAL_CLASSIFIER = "digit-classifier"
+
+
+def load_pipeline(
+    directory: Path, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[Pipeline, dict]:
+    """Load checkpoint ``name`` and wrap it in the pipeline its card's kind calls for."""
+    model, card = load_model(directory, name, device=device, dtype=dtype)
+    kind = card["kind"]
+    if kind == "dcgan-generator":
+        return FacePipeline(model), card
+    if kind == "conditional-unet":
+        schedule = NoiseSchedule(NoiseScheduleConfig(**card.get("schedule", {})))
+        return DigitPipeline(model, schedule), card
+    if kind == "dann":
+        return DannClassifier(model, card.get("preprocess", {}).get("normalize", "half")), card
+    raise CheckpointError(f"{name!r} is a {kind!r}, which has no serving pipeline")
