@@ -1,0 +1,53 @@
+"""Session fixtures: one redis-server on a free port and the service stacks on it (see ``stack.py``).
+
+- ``service``: a worker on freshly initialised small networks in a tmp checkpoint
+  folder: every route, job and error path, without trained weights;
+- ``trained_service``: a worker on the shipped ``checkpoints/`` (or
+  ``$SERVICE_CHECKPOINT_DIR``) for the content checks; skipped when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.launcher import RedisServer
+
+from .stack import PLUMBING_LIMITS, REPO, SERVED, Stack, start_stack, write_plumbing_checkpoints
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def plumbing_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_plumbing_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def service(redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from start_stack(redis_server, 0, plumbing_checkpoints, tmp_path_factory.mktemp("plumbing"), **PLUMBING_LIMITS)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoints() -> Path:
+    directory = Path(os.environ.get("SERVICE_CHECKPOINT_DIR") or REPO / "checkpoints")
+    missing = [name for name in SERVED if not (directory / f"{name}.json").is_file()]
+    if missing:
+        pytest.skip(f"trained checkpoints {missing} are not in {directory}: train them (see README) for the content checks")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trained_service(
+    redis_server: RedisServer, trained_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    yield from start_stack(
+        redis_server, 1, trained_checkpoints, tmp_path_factory.mktemp("trained"), default_wait_s=120.0, max_wait_s=120.0
+    )

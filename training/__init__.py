@@ -1,0 +1,1 @@
+"""Training code: data preparation and the training loops of the three models."""

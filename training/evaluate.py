@@ -1,0 +1,228 @@
+"""Evaluation commands: each prints its numbers and writes them into the model cards
+and into ``checkpoints/metrics.json`` (never edited by hand).
+
+    python -m training.evaluate faces [--n 1000] [--fid-weights pt_inception-2015-12-05-6726825d.pth]
+    python -m training.evaluate digits [--per-digit 100] [--ddpm-per-digit 100]
+    python -m training.evaluate dann
+    python -m training.evaluate all
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.checkpoints import list_cards, load_model, read_card, update_metrics
+from models.loading import DANN_MODELS, DIGIT_MODEL, EVAL_CLASSIFIER, FACE_MODELS, load_pipeline
+from models.pipelines import DannClassifier, DigitPipeline, FacePipeline, normalize_digits
+
+from .data.datasets import load_digits, load_faces
+
+FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # the file name pytorch-fid downloads
+
+
+def device_of(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def write_metrics(checkpoint_dir: Path, values: dict) -> dict:
+    """Merge ``values`` into checkpoints/metrics.json (a flat object of numbers or null)."""
+    path = Path(checkpoint_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.update(values)
+    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    return metrics
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+# ---------------------------------------------------------------- faces
+def hog_one_face_rate(images: np.ndarray) -> float:
+    """Share of images in which dlib's HOG detector finds exactly one face.
+
+    The course's grader used ``face_recognition.face_locations(img, model="hog")``,
+    which is ``dlib.get_frontal_face_detector()(img, 1)`` (one upsampling).
+    """
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    return float(np.mean([len(detector(np.ascontiguousarray(img), 1)) == 1 for img in images]))
+
+
+def _fid(generated: np.ndarray, real: np.ndarray, weights: Path, device: torch.device) -> float:
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # pytorch-fid loads its weights through torch.hub's cache: put the given file there.
+        (tmp / "hub" / "checkpoints").mkdir(parents=True)
+        os.symlink(weights.resolve(), tmp / "hub" / "checkpoints" / FID_WEIGHTS_NAME)
+        os.environ["TORCH_HOME"] = str(tmp)
+        dirs = []
+        for label, images in (("gen", generated), ("real", real)):
+            (tmp / label).mkdir()
+            for i, img in enumerate(images):
+                Image.fromarray(img).save(tmp / label / f"{i:05d}.png")
+            dirs.append(str(tmp / label))
+        return float(calculate_fid_given_paths(dirs, batch_size=50, device=device, dims=2048, num_workers=0))
+
+
+def evaluate_faces(args: argparse.Namespace) -> dict:
+    device = device_of(args.device)
+    real = to_uint8_hwc(load_faces(args.data, "val", limit=args.n).float() / 255)
+    real_rate = hog_one_face_rate(real)
+    print(f"real CelebA face/val ({len(real)} images): exactly-one-face {real_rate:.4f}")
+    results: dict = {"faces_real_val_hog": round(real_rate, 4)}
+    for variant, name in FACE_MODELS.items():
+        pipe, _ = load_pipeline(args.checkpoint_dir, name, device=device)
+        assert isinstance(pipe, FacePipeline)
+        gen = torch.Generator(device).manual_seed(args.seed)
+        images = np.concatenate([to_uint8_hwc(pipe(min(250, args.n - i), generator=gen).images) for i in range(0, args.n, 250)])
+        rate = hog_one_face_rate(images)
+        if args.fid_weights is not None and Path(args.fid_weights).is_file():
+            fid = round(_fid(images, real, Path(args.fid_weights), device), 2)
+        else:
+            fid = None
+        print(f"DCGAN {variant} ({args.n} faces, seed {args.seed}): exactly-one-face {rate:.4f}; FID "
+              + (f"{fid:.2f}" if fid is not None else "skipped: no Inception weights file given (--fid-weights), and none can be downloaded here"))
+        update_metrics(args.checkpoint_dir, name, {"hog_one_face_rate": round(rate, 4), "hog_images": args.n, "hog_seed": args.seed, "fid_vs_face_val": fid})
+        results[f"faces_{variant}_hog"] = round(rate, 4)
+        results[f"fid_{variant}"] = fid
+    return write_metrics(args.checkpoint_dir, results)
+
+
+# ---------------------------------------------------------------- digits
+@torch.no_grad()
+def classify_uint8(model: torch.nn.Module, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """Evaluation-classifier predictions for uint8 (N, 3, 28, 28) images."""
+    preds = [model(images[i : i + batch].float().div(127.5).sub(1)).argmax(1) for i in range(0, len(images), batch)]
+    return torch.cat(preds)
+
+
+def generate_digits(
+    pipe: DigitPipeline, per_digit: int, *, sampler: str, steps: int | None, guidance: float, seed: int, batch: int, out_dir: Path | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_digit`` images of each digit as uint8 (N, 3, 28, 28), saved as ``<digit>_<NNN>.png``."""
+    device = next(pipe.unet.parameters()).device
+    labels = torch.arange(10).repeat_interleave(per_digit)
+    gen = torch.Generator(device).manual_seed(seed)
+    chunks = []
+    for i in range(0, len(labels), batch):
+        out = pipe(labels[i : i + batch], sampler=sampler, steps=steps, guidance_scale=guidance, generator=gen)
+        chunks.append((out.images * 255).round().to(torch.uint8))
+    images = torch.cat(chunks)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for k, (img, label) in enumerate(zip(images, labels)):
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(out_dir / f"{int(label)}_{k % per_digit + 1:03d}.png")
+    return images, labels
+
+
+def evaluate_digits(args: argparse.Namespace) -> dict:
+    device = device_of(args.device)
+    clf, _ = load_model(args.checkpoint_dir, EVAL_CLASSIFIER, device=device)
+    vx, vy = load_digits(args.data, "mnistm", "val")
+    real_acc = (classify_uint8(clf, vx.to(device)).cpu() == vy).float().mean().item()
+    print(f"evaluation classifier on real MNIST-M val ({len(vx)} images): accuracy {real_acc:.4f}")
+    update_metrics(args.checkpoint_dir, EVAL_CLASSIFIER, {"mnistm_val_acc": round(real_acc, 4)})
+    results: dict = {"eval_classifier_mnistm_val_acc": round(real_acc, 4)}
+
+    pipe, card = load_pipeline(args.checkpoint_dir, DIGIT_MODEL, device=device)
+    assert isinstance(pipe, DigitPipeline)
+    sampling = card.get("sampling", {})
+    guided = float(sampling.get("guidance_scale", 1.0))
+    few_steps = int(sampling.get("few_step_steps", 25))
+    runs = [
+        ("ddpm", "ddpm", None, guided, args.ddpm_per_digit),
+        ("fewstep", "ddim", few_steps, guided, args.per_digit),
+    ]
+    if guided != 1.0:
+        runs.append(("fewstep_noguidance", "ddim", few_steps, 1.0, args.per_digit))
+    card_metrics = {}
+    for key, sampler, steps, guidance, per_digit in runs:
+        if per_digit <= 0:
+            continue
+        start = time.monotonic()
+        out_dir = Path(args.out) / key if args.out else None
+        images, labels = generate_digits(pipe, per_digit, sampler=sampler, steps=steps, guidance=guidance,
+                                         seed=args.seed, batch=args.batch, out_dir=out_dir)
+        preds = classify_uint8(clf, images.to(device)).cpu()
+        accuracy = (preds == labels).float().mean().item()
+        per_class = [(preds[labels == d] == d).float().mean().item() for d in range(10)]
+        label = f"{sampler}-{steps or pipe.schedule.num_train_timesteps}, guidance {guidance:g}"
+        print(f"digits {label}: {per_digit}/digit, accuracy {accuracy:.4f} ({time.monotonic() - start:.0f}s); per digit "
+              + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(per_class)))
+        results[f"digits_{key}_acc"] = round(accuracy, 4)
+        card_metrics[f"eval_classifier_acc_{key}"] = {"accuracy": round(accuracy, 4), "sampler": sampler, "steps": steps or pipe.schedule.num_train_timesteps,
+                                                     "guidance_scale": guidance, "images_per_digit": per_digit, "seed": args.seed}
+    update_metrics(args.checkpoint_dir, DIGIT_MODEL, card_metrics)
+    return write_metrics(args.checkpoint_dir, results)
+
+
+# ---------------------------------------------------------------- DANN
+def dann_table_names(target: str) -> dict[str, str]:
+    """Table row -> checkpoint name, for one target."""
+    return {
+        "source_only": f"dann-{target}-source-only",
+        "dann_plain": f"dann-{target}-plain",
+        "dann": DANN_MODELS[target],
+        "target_only": f"dann-{target}-target-only",
+    }
+
+
+def evaluate_dann(args: argparse.Namespace) -> dict:
+    device = device_of(args.device)
+    available = list_cards(args.checkpoint_dir)
+    results: dict = {}
+    for target in DANN_MODELS:
+        vx, vy = load_digits(args.data, target, "val")
+        x = vx.float().div(255)
+        for row, name in dann_table_names(target).items():
+            if name not in available:
+                print(f"{target} {row}: checkpoint {name} missing, skipped")
+                continue
+            clf, _ = load_pipeline(args.checkpoint_dir, name, device=device)
+            assert isinstance(clf, DannClassifier)
+            acc = (clf(x).labels == vy).float().mean().item()
+            print(f"MNIST-M -> {target.upper():4s} {row:12s} ({name}): {target} val accuracy {acc:.4f}")
+            update_metrics(args.checkpoint_dir, name, {"target_val_acc": round(acc, 4), "target_val_images": len(vy)})
+            results[f"dann_{target}_{row}"] = round(acc, 4)
+    return write_metrics(args.checkpoint_dir, results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["faces", "digits", "dann", "all"], help="which models to evaluate")
+    parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="checkpoints and cards to evaluate (cards are updated)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
+    parser.add_argument("--n", type=int, default=1000, help="faces per variant")
+    parser.add_argument("--fid-weights", type=Path, default=None, help=f"local copy of pytorch-fid's {FID_WEIGHTS_NAME}; FID is skipped without it")
+    parser.add_argument("--per-digit", type=int, default=100, help="generated images per digit for the few-step sampler")
+    parser.add_argument("--ddpm-per-digit", type=int, default=100, help="generated images per digit for 400-step DDPM (0: skip)")
+    parser.add_argument("--batch", type=int, default=250, help="sampling batch size")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval_digits"), help="where generated digits are saved as <digit>_<NNN>.png")
+    args = parser.parse_args(argv)
+    if args.what in ("faces", "all"):
+        evaluate_faces(args)
+    if args.what in ("digits", "all"):
+        evaluate_digits(args)
+    if args.what in ("dann", "all"):
+        evaluate_dann(args)
+    print(json.dumps(json.loads((args.checkpoint_dir / "metrics.json").read_text()), indent=2))
+
+
+if __name__ == "__main__":
+    main()
