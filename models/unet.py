@@ -126,11 +126,25 @@ class SelfAttention(nn.Module):
             nn.Linear(channels, channels),
         )
 
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """``m_attention(x, x, x)`` through ``scaled_dot_product_attention``.
+
+        Same weights and maths as ``nn.MultiheadAttention``, but its inference fast
+        path materialises the (H*W)^2 score matrix with bmm; the fused kernel is
+        about 3x faster on CPU at 32x32 and uses flash attention on GPU.
+        """
+        mha = self.m_attention
+        n, length, c = x.shape
+        heads = mha.num_heads
+        qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).view(n, length, 3, heads, c // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, heads, L, C/heads)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, c)
+        return mha.out_proj(out)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (N, H*W, C)
-        normed = self.norm(tokens)
-        tokens = tokens + self.m_attention(normed, normed, normed, need_weights=False)[0]
+        tokens = tokens + self.attend(self.norm(tokens))
         tokens = tokens + self.fc(tokens)
         return tokens.transpose(1, 2).reshape(n, c, h, w)
 

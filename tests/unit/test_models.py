@@ -186,3 +186,12 @@ def test_save_keeps_only_inference_weights(tmp_path) -> None:
     state = load_state(tmp_path, "dann")
     assert set(state) == set(model.state_dict())
     assert all(not isinstance(m, nn.Module) for m in state.values())
+
+
+def test_fused_attention_equals_multihead_attention() -> None:
+    from models.unet import SelfAttention
+
+    block = SelfAttention(16, num_heads=4).eval()
+    x = torch.randn(2, 64, 16)
+    expected = block.m_attention(x, x, x, need_weights=False)[0]
+    assert torch.allclose(block.attend(x), expected, atol=1e-5)
