@@ -43,6 +43,9 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
     precision = args.mixed_precision
     if precision == "auto":
         precision = "no" if cpu else "bf16"
+    if cpu:
+        # Attention softmax and small activations underflow to subnormals, which x86 handles very slowly.
+        torch.set_flush_denormal(True)
     if not cpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

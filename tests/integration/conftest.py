@@ -31,16 +31,19 @@ def plumbing_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service(redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(redis_server, 0, plumbing_checkpoints, tmp_path_factory.mktemp("plumbing"), **PLUMBING_LIMITS)
+def service(
+    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    yield from start_stack(
+        redis_server, 0, plumbing_checkpoints, tmp_path_factory.mktemp("plumbing"), **PLUMBING_LIMITS
+    )
 
 
 @pytest.fixture(scope="session")
 def trained_checkpoints() -> Path:
     directory = Path(os.environ.get("SERVICE_CHECKPOINT_DIR") or REPO / "checkpoints")
-    missing = [name for name in SERVED if not (directory / f"{name}.json").is_file()]
-    if missing:
-        pytest.skip(f"trained checkpoints {missing} are not in {directory}: train them (see README) for the content checks")
+    if not any((directory / f"{name}.json").is_file() for name in SERVED):
+        pytest.skip(f"no trained checkpoints in {directory}: train them (see README) for the content checks")
     return directory
 
 

@@ -1,0 +1,76 @@
+"""Dependencies, as ``Annotated`` aliases so route signatures read as declarations."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import Depends, Header, Request
+from redis.asyncio import Redis
+
+from .config import Settings
+from .errors import InvalidParameter
+from .jobs import JobService
+from .worker_registry import WorkerRegistry
+
+Representation = Literal["json", "png", "csv"]
+_MEDIA_TYPES: dict[str, Representation] = {
+    "application/json": "json",
+    "image/png": "png",
+    "text/csv": "csv",
+    "image/*": "png",
+    "text/*": "csv",
+}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+def get_workers(request: Request) -> WorkerRegistry:
+    return request.app.state.workers
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def preferred_representation(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Representation:
+    """The client's preferred form of a finished job, from ``Accept`` (JSON unless it asks otherwise)."""
+    best: tuple[float, int, Representation] = (0.0, 0, "json")
+    for position, part in enumerate((accept or "").split(",")):
+        media, *options = [piece.strip() for piece in part.split(";")]
+        if media.lower() not in _MEDIA_TYPES:
+            continue
+        quality = 1.0
+        for option in options:
+            if option.startswith("q="):
+                try:
+                    quality = float(option[2:])
+                except ValueError:
+                    quality = 0.0
+        # Higher quality wins; on a tie, the type listed first.
+        if quality > best[0] or (quality == best[0] and -position > best[1]):
+            best = (quality, -position, _MEDIA_TYPES[media.lower()])
+    return best[2]
+
+
+def wait_seconds(requested: float | None, settings: Settings) -> float:
+    if requested is None:
+        return settings.default_wait_s
+    if requested > settings.max_wait_s:
+        raise InvalidParameter(
+            f"wait={requested:g} s is above this server's limit of {settings.max_wait_s:g} s (MAX_WAIT_S): "
+            "ask for less and poll GET /jobs/{id} for the rest"
+        )
+    return requested
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+RepresentationDep = Annotated[Representation, Depends(preferred_representation)]

@@ -1,0 +1,275 @@
+"""Jobs: create them (a Redis record, then the Celery message), read and await their state.
+
+Celery reports an id it has never seen as PENDING forever, so the API keeps a
+small record per job it created (kind, params, creation time, with the results'
+TTL); an id without a record is a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from fastapi.responses import FileResponse, JSONResponse, Response
+from redis.asyncio import Redis
+
+from workers.protocol import JOB_ID_RE, job_key
+
+from .errors import BackendUnavailable, JobFailed, JobNotFound, ModelUnavailable
+from .schemas import (
+    ClassifyResult,
+    DigitsResult,
+    FacesResult,
+    FrameLink,
+    ImageLink,
+    JobKind,
+    JobPublic,
+    JobStatus,
+    Progress,
+)
+
+SAFETY_POLL_S = 1.0
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def job_url(job_id: str) -> str:
+    return f"/jobs/{job_id}"
+
+
+def image_link(job_id: str, name: str) -> ImageLink:
+    return ImageLink(name=name, url=f"{job_url(job_id)}/images/{name}")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    kind: JobKind
+    task: str
+    params: dict[str, Any]
+    created_at: datetime
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": self.kind.value,
+                "task": self.task,
+                "params": self.params,
+                "created_at": self.created_at.isoformat(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, job_id: str, raw: bytes | str) -> JobRecord:
+        data = json.loads(raw)
+        return cls(
+            job_id, JobKind(data["kind"]), data["task"], data["params"], datetime.fromisoformat(data["created_at"])
+        )
+
+
+@dataclass(frozen=True)
+class JobState:
+    status: JobStatus
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.succeeded, JobStatus.failed)
+
+
+def describe_failure(exc: Any) -> tuple[str, str]:
+    """A worker-side exception -> (type name, a message that says what to do)."""
+    name = type(exc).__name__ if isinstance(exc, BaseException) else "Error"
+    if name in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
+        return (
+            name,
+            "the job ran past the worker's time limit: ask for fewer images or fewer steps (or raise TASK_SOFT_TIME_LIMIT)",
+        )
+    if name == "WorkerLostError":
+        return name, "the worker process died while running the job (out of memory?): retry with fewer images"
+    return name, f"{name}: {exc}"
+
+
+def state_from_meta(meta: dict[str, Any]) -> JobState:
+    status, info = meta.get("status"), meta.get("result")
+    if status == "SUCCESS":
+        return JobState(JobStatus.succeeded, result=info)
+    if status == "PROGRESS" and isinstance(info, dict):
+        return JobState(JobStatus.running, progress=Progress(step=int(info["step"]), total=int(info["total"])))
+    if status == "STARTED":
+        return JobState(JobStatus.running)
+    if status == "FAILURE":
+        kind, message = describe_failure(info)
+        return JobState(JobStatus.failed, error=message, error_type=kind)
+    if status == "REVOKED":
+        return JobState(JobStatus.failed, error="the job was cancelled", error_type="Revoked")
+    return JobState(JobStatus.queued)  # PENDING, RECEIVED, RETRY
+
+
+def public_result(job_id: str, kind: JobKind, raw: dict[str, Any]) -> FacesResult | DigitsResult | ClassifyResult:
+    """The worker's result (file names) -> the public result (with URLs)."""
+    if kind is JobKind.faces:
+        return FacesResult(
+            **{k: raw[k] for k in ("model", "checkpoint", "n", "seed", "device", "compute_s")},
+            grid=image_link(job_id, raw["grid"]),
+            images=[image_link(job_id, name) for name in raw["images"]],
+        )
+    if kind is JobKind.digits:
+        return DigitsResult(
+            **{
+                k: raw[k]
+                for k in ("checkpoint", "labels", "n", "seed", "sampler", "steps", "guidance", "device", "compute_s")
+            },
+            grid=image_link(job_id, raw["grid"]),
+            images=[image_link(job_id, name) for name in raw["images"]],
+            frames=[FrameLink(t=int(t), **image_link(job_id, name).model_dump()) for t, name in raw["frames"].items()],
+            frames_strip=image_link(job_id, raw["frames_strip"]) if raw.get("frames_strip") else None,
+        )
+    return ClassifyResult(
+        **{k: raw[k] for k in ("target", "checkpoint", "device", "compute_s", "predictions")},
+        csv_url=f"{job_url(job_id)}/predictions.csv",
+    )
+
+
+def to_public(record: JobRecord, state: JobState) -> JobPublic:
+    return JobPublic(
+        id=record.id,
+        kind=record.kind,
+        status=state.status,
+        url=job_url(record.id),
+        created_at=record.created_at,
+        params=record.params,
+        progress=state.progress,
+        result=public_result(record.id, record.kind, state.result) if state.result is not None else None,
+        error=state.error,
+    )
+
+
+def predictions_csv(result: dict[str, Any]) -> str:
+    """The course's submission format: ``image_name,label``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["image_name", "label"])
+    for prediction in result["predictions"]:
+        writer.writerow([prediction["image_name"], prediction["label"]])
+    return out.getvalue()
+
+
+class JobService:
+    def __init__(self, celery: Celery, redis: Redis, ttl_s: int) -> None:
+        self.celery = celery
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def submit(
+        self, kind: JobKind, task: str, kwargs: dict[str, Any], params: dict[str, Any], *, job_id: str | None = None
+    ) -> JobRecord:
+        record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC))
+        # The record goes first: a worker may finish before send_task returns.
+        await self.redis.set(job_key(record.id), record.to_json(), ex=self.ttl_s)
+        try:
+            await asyncio.to_thread(self.celery.send_task, task, kwargs=kwargs, task_id=record.id)
+        except Exception as err:
+            await self.redis.delete(job_key(record.id))
+            raise BackendUnavailable(
+                f"could not queue the job ({type(err).__name__}: {err}): check that Redis is up and REDIS_URL is right",
+                headers={"Retry-After": "5"},
+            ) from err
+        return record
+
+    async def get(self, job_id: str) -> JobRecord:
+        raw = await self.redis.get(job_key(job_id)) if JOB_ID_RE.match(job_id) else None
+        if raw is None:
+            raise JobNotFound(
+                f"no job {job_id!r}: it was never created here or has expired (jobs are kept {self.ttl_s} s). "
+                "Start a new one with a POST to /generate/... or /classify/..."
+            )
+        return JobRecord.from_json(job_id, raw)
+
+    async def state(self, job_id: str) -> JobState:
+        def read() -> dict[str, Any]:
+            # Celery backends are thread-local: look it up in the thread that uses it.
+            return self.celery.backend.get_task_meta(job_id)
+
+        return state_from_meta(await asyncio.to_thread(read))
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobState:
+        """The job's state once finished, or when ``timeout_s`` runs out.
+
+        Celery's Redis backend publishes every state it stores on the result key's
+        channel, so a waiting request sleeps until the worker writes, instead of
+        polling; a slow poll remains as a safety net for a missed message.
+        """
+        state = await self.state(job_id)
+        if state.finished or timeout_s <= 0:
+            return state
+        deadline = time.monotonic() + timeout_s
+        channel = self._result_key(job_id)
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            while True:
+                # Read after subscribing, so a result stored in between is not missed.
+                state = await self.state(job_id)
+                left = deadline - time.monotonic()
+                if state.finished or left <= 0:
+                    return state
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, SAFETY_POLL_S))
+
+    def _result_key(self, job_id: str) -> str:
+        key = self.celery.backend.get_key_for_task(job_id)
+        return key.decode() if isinstance(key, bytes) else key
+
+
+def raise_if_failed(record: JobRecord, state: JobState) -> None:
+    if state.status is not JobStatus.failed:
+        return
+    message = f"job {record.id} failed: {state.error}"
+    if state.error_type == "ModelUnavailable":
+        raise ModelUnavailable(message)
+    raise JobFailed(message)
+
+
+def job_response(
+    record: JobRecord,
+    state: JobState,
+    *,
+    results_dir: Path,
+    representation: str = "json",
+) -> Response:
+    """200 with the result (JSON, the grid PNG or the CSV) when done; 202 with the job's URL otherwise."""
+    raise_if_failed(record, state)
+    public = to_public(record, state)
+    if state.status is not JobStatus.succeeded:
+        return JSONResponse(
+            public.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": public.url, "Retry-After": "1"},
+        )
+    assert state.result is not None
+    if representation == "png" and "grid" in state.result:
+        return FileResponse(
+            results_dir / record.id / state.result["grid"],
+            media_type="image/png",
+            headers={"X-Job-Id": record.id, "Content-Location": f"{public.url}/images/{state.result['grid']}"},
+        )
+    if representation == "csv" and record.kind is JobKind.classify:
+        return Response(
+            predictions_csv(state.result),
+            media_type="text/csv",
+            headers={"X-Job-Id": record.id, "Content-Location": f"{public.url}/predictions.csv"},
+        )
+    return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})

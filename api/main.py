@@ -1,0 +1,100 @@
+"""The FastAPI application: ``uvicorn api.main:create_app --factory``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_fastapi_instrumentator import Instrumentator
+from redis.asyncio import Redis
+
+from . import errors
+from .celery_client import make_celery
+from .config import Settings
+from .jobs import JobService
+from .middleware import BodySizeLimit
+from .routes import classify, digits, faces, health, jobs, models
+from .worker_registry import WorkerRegistry
+
+DESCRIPTION = """
+On-demand DCGAN faces, class-conditional diffusion digits (MNIST-M style) and
+domain-adapted (DANN) digit classification, from the models of DLCV 2022 homework 2.
+
+**How a request runs.** Every POST creates a job that a worker runs. The request waits
+up to `wait` seconds for it: finished in time, the answer is `200` with the result;
+otherwise `202` with the job's URL, which `GET /jobs/{id}` reports on (a diffusion job
+shows its step) until it has succeeded. Images are PNGs under `/jobs/{id}/images/`.
+With `Accept: image/png` the generate endpoints answer with the grid image itself.
+
+**Errors** are `{"detail": "..."}` saying what to change.
+"""
+
+TAGS = [
+    {"name": "generate", "description": "Faces and digits from the generative models."},
+    {"name": "classify", "description": "Digits from another domain, classified by the adapted model."},
+    {"name": "jobs", "description": "Status, progress and results of the jobs the POSTs create."},
+    {"name": "operations", "description": "Loaded models, health, readiness and metrics."},
+]
+
+
+def _metrics(app: FastAPI) -> None:
+    # A registry per app (not the process-global one), so several apps can live in one process (tests).
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=registry)
+    Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
+        app,
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        description="Request counts and latencies per route, in the Prometheus text format.\n\n```\ncurl localhost:8000/metrics\n```",
+        responses={
+            200: {
+                "content": {
+                    "text/plain": {
+                        "schema": {"type": "string"},
+                        "example": 'http_requests_total{handler="/generate/faces",method="POST",status="2xx"} 3.0\n',
+                    }
+                },
+                "description": "Prometheus exposition format.",
+            }
+        },
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+        celery = make_celery(settings.redis_url, settings.job_ttl_seconds)
+        app.state.redis = redis
+        app.state.jobs = JobService(celery, redis, settings.job_ttl_seconds)
+        app.state.workers = WorkerRegistry(redis)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            celery.close()
+
+    # Swagger UI and ReDoc assets are served by the app itself, not a CDN, so /docs
+    # works on machines without internet access.
+    app = FastAPIOffline(
+        title="DLCV generative models service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for module in (faces, digits, classify, jobs, models, health):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    _metrics(app)
+    return app

@@ -1,0 +1,70 @@
+"""OpenAPI response documentation shared by the routers."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from ..schemas import JOB_QUEUED_EXAMPLE, ErrorBody, JobPublic
+
+_ERRORS: dict[int, tuple[str, str]] = {
+    404: (
+        "No such job (never created here, or expired), or no such file in it.",
+        "no job 'abc': it was never created here or has expired",
+    ),
+    409: (
+        "The job has not finished yet: poll `GET /jobs/{id}`.",
+        "job 9f1c... is still running: poll GET /jobs/9f1c... until it has succeeded",
+    ),
+    413: (
+        "Too large: the body, a file, the number of files or an image's pixel count is over its limit.",
+        "'big.png' is 50000x50000 = 2,500,000,000 pixels, above the limit of 16,777,216 (MAX_IMAGE_PIXELS): downscale it",
+    ),
+    415: ("A file is not a PNG or JPEG image.", "'notes.txt' is not an image Pillow can read: send PNG or JPEG"),
+    422: (
+        "A parameter is missing, unknown or out of range, or an image is truncated; `detail` names it and the allowed values.",
+        "invalid request: query parameter 'n': Input should be less than or equal to 64 (got 100)",
+    ),
+    500: (
+        "The job failed in the worker; `detail` says why.",
+        "job 9f1c... failed: the job ran past the worker's time limit",
+    ),
+    503: (
+        "Redis is unreachable, or no worker has the needed model loaded; see `Retry-After`.",
+        "no worker has the model for 'faces:A' loaded (dcgan-A: CheckpointError: model card not found)",
+    ),
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        code: {
+            "model": ErrorBody,
+            "description": _ERRORS[code][0],
+            "content": {"application/json": {"example": {"detail": _ERRORS[code][1]}}},
+        }
+        for code in codes
+    }
+
+
+def job_responses(
+    done_example: dict[str, Any], *, extra_media: dict[str, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """200 (finished: JSON, or another media type the client asked for) and 202 (still running)."""
+    content: dict[str, Any] = {"application/json": {"example": done_example}}
+    for media, description in (extra_media or {}).items():
+        schema = {"type": "string", "format": "binary"} if media.startswith("image/") else {"type": "string"}
+        content[media] = {"schema": schema, "example": description}
+    return {
+        200: {"description": "The job finished within `wait`: its result.", "content": content},
+        202: {
+            "model": JobPublic,
+            "description": "Not finished within `wait`: the job as it stands. Poll the URL in `Location` (`GET /jobs/{id}`).",
+            "content": {"application/json": {"example": JOB_QUEUED_EXAMPLE}},
+        },
+    }
+
+
+def draw_seed() -> int:
+    """Seeds are drawn here, not in the worker, so a redelivered task redraws the same images."""
+    return secrets.randbelow(2**32)

@@ -1,0 +1,72 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from workers.protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES
+
+from ..deps import RedisDep, WorkersDep
+from ..schemas import Health, Readiness, ReadyCheck
+
+router = APIRouter(tags=["operations"])
+
+SERVED_ROLES = (*FACE_ROLES.values(), DIGIT_ROLE, *CLASSIFY_ROLES.values())
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="Liveness: the API process answers",
+    description='Always `200 {"status": "ok"}` while the process serves HTTP; it checks nothing else (see `/readyz`).',
+    # Liveness has no error response of its own: if it cannot answer, there is no answer.
+)
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: Redis, a worker and its models",
+    description=(
+        "`200` when Redis answers, at least one worker process is reporting, and every served model "
+        "(faces A and B, digits, classify svhn and usps) is loaded by some worker; otherwise `503` with "
+        "the failing checks and why.\n\n```\ncurl localhost:8000/readyz\n```"
+    ),
+    responses={503: {"model": Readiness, "description": "Not ready: `checks` says what is missing."}},
+)
+async def readyz(redis: RedisDep, workers: WorkersDep) -> JSONResponse:
+    checks: list[ReadyCheck] = []
+    try:
+        await redis.ping()
+        checks.append(ReadyCheck(name="redis", ok=True, detail="PING answered"))
+        live = await workers.live()
+    except RedisError as err:
+        checks.append(ReadyCheck(name="redis", ok=False, detail=f"unreachable ({err}): start Redis or fix REDIS_URL"))
+        live = []
+    checks.append(
+        ReadyCheck(
+            name="worker",
+            ok=bool(live),
+            detail=f"{len(live)} worker process(es) reporting"
+            if live
+            else "no worker is reporting: start one (celery -A workers.celery_app worker)",
+        )
+    )
+    loaded = {model.role for worker in live for model in worker.models}
+    absent = [role for role in SERVED_ROLES if role not in loaded]
+    reasons = {m.role: f"{m.name}: {m.reason}" for worker in live for m in worker.missing}
+    checks.append(
+        ReadyCheck(
+            name="models",
+            ok=not absent,
+            detail=f"all {len(SERVED_ROLES)} served models loaded"
+            if not absent
+            else "not loaded: " + "; ".join(reasons.get(role, role) for role in absent),
+        )
+    )
+    body = Readiness(ready=all(check.ok for check in checks), checks=checks)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)

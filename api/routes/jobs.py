@@ -1,0 +1,112 @@
+"""GET /jobs/{id} and the files a finished job made."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse, Response
+
+from workers.protocol import IMAGE_NAME_RE
+
+from ..deps import JobsDep, SettingsDep, wait_seconds
+from ..errors import FileNotFound, JobNotFinished
+from ..jobs import JobRecord, JobState, predictions_csv, to_public
+from ..schemas import JobKind, JobPublic, JobStatus, JobWaitQuery
+from .common import error_responses
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[
+    str,
+    Path(description="The id a POST returned (32 hex digits).", examples=["9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a"]),
+]
+
+
+def _require_success(record: JobRecord, state: JobState, what: str) -> dict:
+    if state.status is JobStatus.failed:
+        raise FileNotFound(f"job {record.id} failed ({state.error}), so it has no {what}")
+    if state.status is not JobStatus.succeeded:
+        raise JobNotFinished(
+            f"job {record.id} is still {state.status.value}: poll GET /jobs/{record.id} until it has succeeded",
+            headers={"Retry-After": "1"},
+        )
+    assert state.result is not None
+    return state.result
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    summary="A job's status, progress and result",
+    description=(
+        "`status` goes queued -> running -> succeeded | failed. A running diffusion job reports "
+        "`progress` (step of total); a finished one carries its `result` with the URLs of its images. "
+        "`wait` long-polls: the answer comes when the job finishes or after `wait` seconds.\n\n"
+        "```\ncurl localhost:8000/jobs/9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a?wait=10\n```"
+    ),
+    responses=error_responses(404, 422, 503),
+)
+async def get_job(
+    job_id: JobId, query: Annotated[JobWaitQuery, Query()], jobs: JobsDep, settings: SettingsDep
+) -> JobPublic:
+    wait = wait_seconds(query.wait, settings)
+    record = await jobs.get(job_id)
+    state = await jobs.wait(job_id, wait) if wait > 0 else await jobs.state(job_id)
+    return to_public(record, state)
+
+
+@router.get(
+    "/{job_id}/images/{name}",
+    response_class=FileResponse,
+    summary="One image of a finished job",
+    description=(
+        "A PNG the job made: `grid.png`, each image (`face_000.png`, `3_001.png`, ...), and for digits with "
+        "frames `frame_t400.png` ... `frame_t0.png` and `frames.png`. The job's `result` lists them.\n\n"
+        "```\ncurl -o grid.png localhost:8000/jobs/9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a/images/grid.png\n```"
+    ),
+    responses={
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}, "example": "(PNG bytes)"}},
+            "description": "The PNG.",
+        },
+        **error_responses(404, 409, 422, 503),
+    },
+)
+async def get_image(
+    job_id: JobId,
+    name: Annotated[str, Path(description="A file name from the job's result.", examples=["grid.png"])],
+    jobs: JobsDep,
+    settings: SettingsDep,
+) -> Response:
+    record = await jobs.get(job_id)
+    path = settings.results_dir / record.id / name
+    if IMAGE_NAME_RE.match(name) and path.is_file():
+        # Files are written once, under a fresh id: caches may keep them.
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "public, max-age=3600, immutable"})
+    _require_success(record, await jobs.state(job_id), f"image {name!r}")
+    raise FileNotFound(f"job {record.id} has no image {name!r}: GET /jobs/{record.id} lists its images")
+
+
+@router.get(
+    "/{job_id}/predictions.csv",
+    summary="A classification job's predictions as the course's CSV",
+    description=(
+        "`image_name,label`, one row per uploaded image, in upload order.\n\n"
+        "```\ncurl localhost:8000/jobs/9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a/predictions.csv\n```"
+    ),
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}, "example": "image_name,label\n00001.png,3\n"}},
+            "description": "The CSV.",
+        },
+        **error_responses(404, 409, 422, 503),
+    },
+)
+async def get_predictions_csv(job_id: JobId, jobs: JobsDep) -> Response:
+    record = await jobs.get(job_id)
+    if record.kind is not JobKind.classify:
+        raise FileNotFound(f"job {record.id} is a {record.kind.value} job: only classification jobs have predictions")
+    result = _require_success(record, await jobs.state(job_id), "predictions")
+    return Response(predictions_csv(result), media_type="text/csv")

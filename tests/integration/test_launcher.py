@@ -1,0 +1,93 @@
+"""`python -m api.launcher` (what `make run` calls): up with its own redis-server, serving, and all gone on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.launcher import free_port
+
+from .helpers import open_png
+from .stack import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _launch(tmp_path: Path, port: int, checkpoints: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        PORT=str(port), CHECKPOINT_DIR=str(checkpoints), RESULTS_DIR=str(tmp_path / "results"),
+        TORCH_THREADS="1", PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.launcher"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_launcher_serves_and_stops_everything_on_ctrl_c(tmp_path: Path, plumbing_checkpoints: Path) -> None:
+    port = free_port()
+    launcher = _launch(tmp_path, port, plumbing_checkpoints)
+    lines: list[str] = []
+    try:
+        assert launcher.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = launcher.stdout.readline()
+            assert line, "launcher exited early:\n" + "".join(lines)
+            lines.append(line)
+            if "ready: worker up" in line:
+                break
+        output = "".join(lines)
+        assert f"http://localhost:{port}/docs" in output
+        pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
+        assert len(pids) == 3, output  # redis-server, worker, uvicorn
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            response = client.post("/generate/faces", headers={"Accept": "image/png"})
+            assert response.status_code == 200 and open_png(response.content).size == (530, 266)
+            assert client.get("/docs").status_code == 200
+
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in pids), "a child outlived the launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def test_launcher_says_when_the_port_is_taken(tmp_path: Path, plumbing_checkpoints: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        launcher = _launch(tmp_path, port, plumbing_checkpoints)
+        out, _ = launcher.communicate(timeout=60)
+    assert launcher.returncode == 1
+    assert f"port {port}" in out and "set PORT" in out

@@ -1,0 +1,65 @@
+"""Celery states -> public job states and results, without Celery or Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from api.jobs import JobRecord, describe_failure, predictions_csv, state_from_meta, to_public
+from api.schemas import JobKind, JobStatus
+
+JOB = "a" * 32
+
+
+class SoftTimeLimitExceeded(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "meta, status",
+    [
+        ({"status": "PENDING", "result": None}, JobStatus.queued),
+        ({"status": "RETRY", "result": None}, JobStatus.queued),
+        ({"status": "STARTED", "result": {"pid": 1}}, JobStatus.running),
+        ({"status": "PROGRESS", "result": {"step": 3, "total": 25}}, JobStatus.running),
+        ({"status": "SUCCESS", "result": {"kind": "faces"}}, JobStatus.succeeded),
+        ({"status": "FAILURE", "result": ValueError("boom")}, JobStatus.failed),
+        ({"status": "REVOKED", "result": None}, JobStatus.failed),
+    ],
+)
+def test_celery_states_map_to_four_public_ones(meta: dict, status: JobStatus) -> None:
+    assert state_from_meta(meta).status is status
+
+
+def test_progress_is_carried() -> None:
+    state = state_from_meta({"status": "PROGRESS", "result": {"step": 3, "total": 25}})
+    assert state.progress is not None and (state.progress.step, state.progress.total) == (3, 25)
+
+
+def test_failures_say_what_to_do() -> None:
+    kind, message = describe_failure(SoftTimeLimitExceeded())
+    assert kind == "SoftTimeLimitExceeded" and "fewer" in message
+    assert describe_failure(ValueError("ddim needs 1 <= steps <= 40"))[1] == "ValueError: ddim needs 1 <= steps <= 40"
+
+
+def test_worker_results_get_urls() -> None:
+    record = JobRecord(JOB, JobKind.digits, "t", {"labels": [3]}, datetime(2024, 1, 1, tzinfo=UTC))
+    raw = {
+        "kind": "digits", "checkpoint": "ddpm-digits", "labels": [3], "n": 1, "seed": 1, "sampler": "ddim", "steps": 2,
+        "guidance": 1.0, "device": "cpu", "compute_s": 0.1, "images": ["3_001.png"], "grid": "grid.png",
+        "frames": {"400": "frame_t400.png", "0": "frame_t0.png"}, "frames_strip": "frames.png",
+    }  # fmt: skip
+    public = to_public(record, state_from_meta({"status": "SUCCESS", "result": raw}))
+    assert public.url == f"/jobs/{JOB}"
+    assert public.result is not None and public.result.kind == "digits"
+    assert public.result.images[0].url == f"/jobs/{JOB}/images/3_001.png"
+    assert [(f.t, f.url) for f in public.result.frames] == [
+        (400, f"/jobs/{JOB}/images/frame_t400.png"),
+        (0, f"/jobs/{JOB}/images/frame_t0.png"),
+    ]
+
+
+def test_predictions_csv_is_the_course_format() -> None:
+    result = {"predictions": [{"image_name": "a.png", "label": 3}, {"image_name": "b,c.png", "label": 0}]}
+    assert predictions_csv(result) == 'image_name,label\na.png,3\n"b,c.png",0\n'

@@ -1,0 +1,5 @@
+"""Celery workers: load the checkpoints once per process and run the models.
+
+Importing this package (or ``workers.protocol`` / ``workers.config``) pulls in
+neither torch nor the models; only ``workers.tasks`` and what it loads do.
+"""

@@ -1,0 +1,39 @@
+"""The Celery application the workers run: ``celery -A workers.celery_app worker``.
+
+Models are loaded in ``worker_process_init`` (see ``workers.registry``), i.e. in
+each pool child after the fork, so the forking parent never touches CUDA and the
+prefork pool is CUDA-safe.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .config import get_settings
+
+settings = get_settings()
+
+app = Celery("workers", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"])
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    # Ack after the task returns, one message at a time: a worker that dies
+    # mid-job does not swallow the jobs queued behind it.
+    task_acks_late=True,
+    worker_prefetch_multiplier=1,
+    # A job that kills its process fails instead of being redelivered forever.
+    task_reject_on_worker_lost=False,
+    task_track_started=True,
+    task_soft_time_limit=settings.task_soft_time_limit,
+    task_time_limit=settings.task_time_limit,
+    result_expires=settings.job_ttl_seconds,
+    # Redis redelivers unacked messages after the visibility timeout; keep it
+    # above the hard time limit so a long job is not run twice.
+    broker_transport_options={"visibility_timeout": settings.task_time_limit + 300},
+    broker_connection_retry_on_startup=True,
+    # Loading every checkpoint (and initialising CUDA) in a fresh child can take
+    # far longer than the 4 s Celery allows by default.
+    worker_proc_alive_timeout=180,
+    worker_hijack_root_logger=False,
+)

@@ -1,0 +1,37 @@
+"""Worker settings, read from the same environment variables as the API's."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    redis_url: str = Field("redis://localhost:6379/0", description="Broker and result backend.")
+    checkpoint_dir: Path = Field(REPO / "checkpoints", description="Model cards and safetensors weights.")
+    results_dir: Path = Field(REPO / "var" / "results", description="Result images, shared with the API.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker process.")
+    job_ttl_seconds: int = Field(86_400, ge=60, description="How long results and their files are kept.")
+    task_soft_time_limit: int = Field(900, ge=1, description="Seconds before a job is asked to stop.")
+    task_time_limit: int = Field(960, ge=1, description="Seconds before a job's process is killed.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker re-registers its models.")
+
+    @model_validator(mode="after")
+    def _hard_after_soft(self) -> WorkerSettings:
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError("TASK_TIME_LIMIT must be larger than TASK_SOFT_TIME_LIMIT, so cleanup can run")
+        return self
+
+
+@lru_cache
+def get_settings() -> WorkerSettings:
+    return WorkerSettings()

@@ -1,0 +1,74 @@
+"""Thin Celery tasks: look up the loaded model, run it, return file names.
+
+Arguments and results are JSON (model, parameters, seed, names); pixels stay in
+``RESULTS_DIR``. ``acks_late`` may run a task twice after a crash, which is
+harmless: the API always sends a seed, so a rerun rewrites the same files.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Task
+
+from . import runners
+from .celery_app import app
+from .config import get_settings
+from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
+from .registry import get_registry
+from .storage import JobFiles
+
+PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step speed
+
+
+def _files(task: Task) -> JobFiles:
+    return JobFiles(get_settings().results_dir, task.request.id)
+
+
+@app.task(bind=True, name=TASK_FACES)
+def generate_faces(self: Task, *, model: str, n: int, seed: int | None = None) -> dict[str, Any]:
+    loaded = get_registry().get(FACE_ROLES[model])
+    return runners.generate_faces(loaded, _files(self), variant=model, n=n, seed=seed)
+
+
+@app.task(bind=True, name=TASK_DIGITS)
+def generate_digits(
+    self: Task,
+    *,
+    labels: list[int],
+    n: int,
+    seed: int | None = None,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    guidance: float | None = None,
+    frames: bool = False,
+) -> dict[str, Any]:
+    loaded = get_registry().get(DIGIT_ROLE)
+    last = 0.0
+
+    def progress(step: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if step == 1 or step == total or now - last >= PROGRESS_EVERY_S:
+            last = now
+            self.update_state(state="PROGRESS", meta={"step": step, "total": total})
+
+    return runners.generate_digits(
+        loaded,
+        _files(self),
+        labels=labels,
+        n=n,
+        seed=seed,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        frames=frames,
+        progress=progress,
+    )
+
+
+@app.task(bind=True, name=TASK_CLASSIFY)
+def classify_digits(self: Task, *, target: str, inputs: list[str], names: list[str]) -> dict[str, Any]:
+    loaded = get_registry().get(CLASSIFY_ROLES[target])
+    return runners.classify_digits(loaded, _files(self), target=target, inputs=inputs, names=names)
