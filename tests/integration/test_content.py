@@ -10,7 +10,6 @@ are not there.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from models.loading import DANN_MODELS, DIGIT_MODEL, EVAL_CLASSIFIER, FACE_MODEL
 from models.pipelines import normalize_digits
 
 from .helpers import fetch_png, files_field, pixels, png_bytes, poll
-from .stack import REPO, Stack, require_checkpoints
+from .stack import Stack, require_checkpoints
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +39,6 @@ CARD_MARGIN = 0.08
 DIGIT_BAR = 0.8  # the course's "simple" bar for generated digits
 
 Digits = tuple[list[np.ndarray], np.ndarray]
-
-
-@pytest.fixture(scope="module")
-def data_source() -> Path:
-    path = Path(os.environ.get("DATA_SOURCE") or REPO.parent / "shared" / "data")
-    if not path.is_dir():
-        pytest.skip(f"raw datasets not found at {path}; set DATA_SOURCE to the shared data folder")
-    return path
 
 
 def _svhn(root: Path) -> Digits:
