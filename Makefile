@@ -18,10 +18,10 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
-	DATA_SOURCE=$(DATA_SOURCE) $(PY) -m pytest $(PYTEST_ARGS)
+	DATA_SOURCE=$(abspath $(DATA_SOURCE)) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
-	DATA_SOURCE=$(DATA_SOURCE) $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	DATA_SOURCE=$(abspath $(DATA_SOURCE)) $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 run: install
 	$(PY) -m api.launcher
