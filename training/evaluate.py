@@ -30,7 +30,10 @@ FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # the file name pytor
 
 
 def device_of(name: str) -> torch.device:
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+    """``auto`` is CUDA when present, else the CPU; any other name is taken as is."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
 
 def write_metrics(checkpoint_dir: Path, values: dict) -> dict:
