@@ -35,6 +35,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=["A", "B"], default="B", help="A: no BatchNorm, ReLU in D; B: standard DCGAN")
     parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN paper: 0.5)")
     parser.add_argument("--nz", type=int, default=100, help="latent size")
+    parser.add_argument("--snapshot-every", type=int, default=0, help="also keep the generator every N epochs in <out>/snapshots/ (0: never), for `python -m training.evaluate faces --snapshots`")
+    parser.add_argument("--save-every-minutes", type=float, default=5.0, help="wall time between resume states (and at each run's end)")
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -71,6 +73,7 @@ def train(args: argparse.Namespace) -> dict:
 
     log = JsonLog(out / "log.jsonl", acc.is_main_process)
     stopped = False
+    saved_at = budget.elapsed
     while epoch < args.epochs and not stopped:
         batches = list(shuffled_batches(len(faces), args.batch_size, gen, rank=acc.process_index, world=acc.num_processes))
         bar = tqdm(batches, desc=f"{name} epoch {epoch + 1}/{args.epochs}", disable=not acc.is_local_main_process)
@@ -97,16 +100,23 @@ def train(args: argparse.Namespace) -> dict:
             acc.backward(loss_g)
             opt_g.step()
             step += 1
-            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}", D_x=f"{d_real.mean().item():.2f}")
-            if step % 50 == 0:
-                log.write(step=step, epoch=epoch, loss_d=loss_d.item(), loss_g=loss_g.item())
+            if step % 10 == 0:  # reading losses back waits for the GPU: not on every step
+                ld, lg, dx = torch.stack([loss_d.detach(), loss_g.detach(), d_real.detach().mean()]).tolist()
+                bar.set_postfix(loss_d=f"{ld:.3f}", loss_g=f"{lg:.3f}", D_x=f"{dx:.2f}")
+                if step % 50 == 0:
+                    log.write(step=step, epoch=epoch, loss_d=ld, loss_g=lg)
             if budget.exhausted(step):
                 stopped = True
                 break
         if not stopped:
             epoch += 1
-        if acc.is_main_process:
-            g = acc.unwrap_model(net_g)
+        if not acc.is_main_process:
+            continue
+        g = acc.unwrap_model(net_g)
+        if args.snapshot_every and not stopped and epoch % args.snapshot_every == 0:
+            save_model(g, out / "snapshots", f"epoch_{epoch:04d}", {"training": {"epochs_completed": epoch, "steps": step, "wall_time_s": round(budget.total, 1)}})
+        if stopped or epoch >= args.epochs or budget.elapsed - saved_at >= args.save_every_minutes * 60:
+            saved_at = budget.elapsed
             g.eval()
             with torch.no_grad():
                 save_grid((g(fixed_noise).float() + 1) / 2, out / "samples" / f"epoch_{epoch:03d}.png", nrow=8)

@@ -47,6 +47,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-scale", type=float, default=2.0, help="default CFG scale written to the card for serving")
     parser.add_argument("--sample-every", type=int, default=0, help="steps between sample grids (0: once per epoch)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (pays off on long GPU runs)")
+    parser.add_argument("--save-every-minutes", type=float, default=10.0, help="wall time between resume states (and at each run's end)")
 
 
 def _sample_grid(ema_net: ConditionalUNet, schedule: NoiseSchedule, path: Path, guidance: float) -> None:
@@ -73,9 +74,13 @@ def train(args: argparse.Namespace) -> dict:
     if acc.device.type == "cuda":
         unet = unet.to(memory_format=torch.channels_last)
     # The EMA copy holds only network weights: the schedule lives outside the module.
-    ema = EMA(unet, beta=args.ema_decay, update_after_step=args.warmup_steps, update_every=1)
+    cuda = acc.device.type == "cuda"
+    ema = EMA(unet, beta=args.ema_decay, update_after_step=args.warmup_steps, update_every=1, use_foreach=cuda)
     ema.to(acc.device)
-    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
+    # EMA reads its step counter with .item() on every update: a counter on the GPU would
+    # stall the CPU once per step, so it stays on the CPU.
+    ema.step, ema.initted = ema.step.cpu(), ema.initted.cpu()
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0, fused=cuda)
     warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     model, opt = acc.prepare(unet, opt)
     forward_model = torch.compile(model) if args.compile else model
@@ -97,6 +102,8 @@ def train(args: argparse.Namespace) -> dict:
     log = JsonLog(out / "log.jsonl", acc.is_main_process)
     stopped = False
     running = None
+    pending: list[torch.Tensor] = []  # losses not yet read back, so the GPU is not waited on every step
+    saved_at = budget.elapsed
 
     def checkpoint() -> None:
         if not acc.is_main_process:
@@ -111,7 +118,7 @@ def train(args: argparse.Namespace) -> dict:
                 "epoch": epoch,
                 "step": step,
                 "rng": gen.get_state(),
-                    "wall_time_s": budget.total,
+                "wall_time_s": budget.total,
             },
         )
 
@@ -131,8 +138,12 @@ def train(args: argparse.Namespace) -> dict:
             warmup.step()
             ema.update()
             step += 1
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-            bar.set_postfix(loss=f"{running:.4f}", step=step)
+            pending.append(loss.detach())
+            if step % 25 == 0:
+                for value in torch.stack(pending).float().tolist():
+                    running = value if running is None else 0.98 * running + 0.02 * value
+                pending.clear()
+                bar.set_postfix(loss=f"{running:.4f}", step=step)
             if step % 50 == 0:
                 log.write(step=step, epoch=epoch, loss=running, lr=warmup.get_last_lr()[0], elapsed_s=round(budget.elapsed, 1))
             if args.sample_every and step % args.sample_every == 0 and acc.is_main_process:
@@ -144,8 +155,12 @@ def train(args: argparse.Namespace) -> dict:
             epoch += 1
             if not args.sample_every and acc.is_main_process:
                 _sample_grid(ema.ema_model, schedule, out / "samples" / f"epoch_{epoch:03d}.png", args.guidance_scale)
-        checkpoint()
+        if stopped or epoch >= args.epochs or budget.elapsed - saved_at >= args.save_every_minutes * 60:
+            checkpoint()
+            saved_at = budget.elapsed
 
+    for value in torch.stack(pending).float().tolist() if pending else []:
+        running = value if running is None else 0.98 * running + 0.02 * value
     card = training_card(
         args, acc, budget, epochs_completed=epoch, epochs_planned=args.epochs, steps=step, stopped_early=stopped,
         optimizer="AdamW", loss="smooth L1 on the predicted noise", label_dropout=args.label_dropout,

@@ -1,107 +1,141 @@
 #!/usr/bin/env bash
-# Full-size training on one GPU inside a fixed wall-time budget, in order of value:
-# the diffusion model (most of the time), then DCGAN A and B, then the evaluation
-# classifier and the DANN runs. Each part's checkpoints are packed into OUT as soon
-# as that part finishes, so a run cut off early still returns what was done.
+# Full-size training and GPU-only evaluation on one GPU inside a fixed wall-time budget.
 #
-#   SOURCE=path/to/raw/data OUT=out MINUTES=9 bash training/gpu_run.sh
+#   SOURCE=../shared/data OUT=out MINUTES=8.5 bash training/gpu_run.sh
+#
+# Side by side on the one GPU: the diffusion model at the seed's width (most of the
+# budget), and DCGAN B and A (snapshots every few epochs). Then, still on the GPU:
+# the DCGAN snapshot to ship is chosen by the HOG rule, the digits are evaluated
+# with 400-step DDPM and the few-step sampler (100 per digit), and the report's digit
+# figures are drawn. A short preflight of every step on a slice comes first, so a
+# broken environment fails in seconds rather than after the budget.
 #
 # Environment:
-#   SOURCE   raw datasets (the layout of the data README): mnist/ and bsds500/ for
-#            ddpm, classifier and dann; celeba/ for dcgan; svhn/ and usps/ for dann
-#   OUT      where packed checkpoints and logs go (default runs/gpu)
-#   MINUTES  whole budget, data build included (default 9)
-#   PARTS    which parts, in order (default "ddpm dcgan classifier dann")
+#   SOURCE   raw datasets (the data README's layout): mnist/ and bsds500/ for ddpm;
+#            celeba/ for dcgan (skipped when absent)
+#   OUT      where checkpoints, archives and logs go (default runs/gpu); at most 8 files
+#   MINUTES  whole budget, data build and evaluation included (default 8.5)
+#   EVAL_MINUTES  part of it kept for the evaluation after training (default 1.3)
+#   CKPT_IN  folder holding the evaluation classifier (digit-classifier.*) and
+#            metrics.json to merge into (default checkpoints)
+#   DATA     where the datasets are built (default data/gpu/hw2_data)
 #   LIMIT    images per split (rehearsals on a CPU only)
 #   PYTHON   interpreter (default python3)
+#   DDPM_EXTRA, DCGAN_EXTRA  flags appended to those training commands (a CPU rehearsal
+#            shrinks the nets: DDPM_EXTRA="--base-channels 8 --batch-size 32")
+#   EVAL_EXTRA, REPORT_EXTRA  flags appended to the digit evaluation and figures
+#            (a rehearsal: "--per-digit 2 --ddpm-per-digit 0" and "--digit-sampler ddim")
 #   WHEELS   folder of wheels to install first for packages the machine lacks
-#            (diffusers, ema-pytorch, importlib-metadata)
-# Several GPUs: set LAUNCH="torchrun --nproc_per_node=8 -m" (DDP through accelerate).
-set -euo pipefail
+#            (diffusers, ema-pytorch, importlib-metadata, lazy-importer, dlib-bin)
+set -uo pipefail
 cd "$(dirname "$0")/.."
 SOURCE=${SOURCE:-../shared/data}
 OUT=${OUT:-runs/gpu}
-MINUTES=${MINUTES:-9}
-PARTS=${PARTS:-"ddpm dcgan classifier dann"}
+MINUTES=${MINUTES:-8.5}
+EVAL_MINUTES=${EVAL_MINUTES:-1.3}
+CKPT_IN=${CKPT_IN:-checkpoints}
+DATA=${DATA:-data/gpu/hw2_data}
 PY=${PYTHON:-python3}
-LAUNCH=${LAUNCH:-"$PY -m"}
 LIMIT_ARGS=()
 [ -n "${LIMIT:-}" ] && LIMIT_ARGS=(--limit "$LIMIT")
 start=$(date +%s)
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
-DATA=$WORK/hw2_data
 CKPT=$WORK/checkpoints
 LOGS=$WORK/logs
 mkdir -p "$CKPT" "$LOGS"
 
 if [ -n "${WHEELS:-}" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$WHEELS"/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" "$WHEELS"/*.whl || exit 3
   export PYTHONPATH="$WORK/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 export PYTHONUNBUFFERED=1
 
 left() { echo "$MINUTES $start $(date +%s)" | awk '{printf "%.2f", $1 - ($3 - $2) / 60}'; }
-share() { echo "$(left) $1" | awk '{v = $1 * $2; printf "%.2f", (v > 0.1 ? v : 0.1)}'; }
-pack() {  # pack <name> <files...>: one archive per part, under the 16 MiB per-file limit
-  local name=$1; shift
-  (cd "$CKPT" && tar -cf "$OUT/$name.tar" "$@") && echo "packed $name: $*"
-}
+minus() { echo "$1 $2" | awk '{v = $1 - $2; printf "%.2f", (v > 0.1 ? v : 0.1)}'; }
 log() { echo "=== $(date +%T) [$(left) min left] $*"; }
+quiet() { tr '\r' '\n' | grep --line-buffered -v 'it/s\]\|s/it\]'; }  # progress bars stay out of the logs
+pack() {  # pack <archive> <dir> <files...>: the per-file limit on what comes back is 16 MiB
+  local archive=$1 dir=$2; shift 2
+  (cd "$dir" && tar -cf "$OUT/$archive" "$@") && echo "packed $archive: $*"
+}
 
-needs=()
-for p in $PARTS; do
-  case $p in
-    ddpm|classifier) needs+=(mnistm) ;;
-    dcgan) needs+=(faces) ;;
-    dann) needs+=(mnistm svhn usps) ;;
-  esac
-done
-only=$(printf '%s\n' "${needs[@]}" | sort -u | paste -sd, -)
+faces=1
+[ -d "$SOURCE/celeba" ] || { faces=0; echo "no $SOURCE/celeba: DCGAN skipped"; }
+only=mnistm; [ $faces = 1 ] && only=mnistm,faces
 log "building $only from $SOURCE"
-$PY -m training.data --source "$SOURCE" --out "$DATA" --only "$only" --workers "$(nproc)" --no-verify "${LIMIT_ARGS[@]}" 2>&1 | tail -n 8 | tee "$LOGS/data.log"
+$PY -m training.data --source "$SOURCE" --out "$DATA" --only "$only" --workers "$(nproc)" --no-verify "${LIMIT_ARGS[@]}" 2>&1 | tail -n 6 | tee "$LOGS/data.log"
+[ -d "$DATA/digits/mnistm" ] || { echo "data build failed"; exit 4; }
 
-common=(--data "$DATA" --checkpoint-dir "$CKPT" "${LIMIT_ARGS[@]}")
-for part in $PARTS; do
-  case $part in
-    ddpm)
-      log "ddpm"
-      $LAUNCH training ddpm "${common[@]}" --out "$WORK/runs/ddpm" --epochs 200 --batch-size 256 --lr 4e-4 \
-        --warmup-steps 500 --ema-decay 0.9995 --max-minutes "$(share 0.62)" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]' | tee "$LOGS/ddpm.log" | tail -n 3
-      # A 15.7M-parameter fp16 UNet is two 15 MiB shards: each travels as its own file.
-      cp "$CKPT"/ddpm-digits-0*.safetensors "$OUT"/ 2>/dev/null || cp "$CKPT"/ddpm-digits.safetensors "$OUT"/
-      pack ddpm-meta $(cd "$CKPT" && ls ddpm-digits.json ddpm-digits.safetensors.index.json 2>/dev/null)
-      ;;
-    dcgan)
-      for v in B A; do
-        log "dcgan $v"
-        $LAUNCH training dcgan "${common[@]}" --variant $v --out "$WORK/runs/dcgan-$v" --epochs 500 \
-          --max-minutes "$(share 0.3)" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]' | tee "$LOGS/dcgan-$v.log" | tail -n 2
-      done
-      pack dcgan dcgan-A.json dcgan-A.safetensors dcgan-B.json dcgan-B.safetensors
-      ;;
-    classifier)
-      log "classifier"
-      $LAUNCH training classifier "${common[@]}" --out "$WORK/runs/classifier" --epochs 5 --batch-size 512 --lr 4e-3 \
-        --max-minutes "$(share 0.15)" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]' | tee "$LOGS/classifier.log" | tail -n 1
-      pack classifier digit-classifier.json digit-classifier.safetensors
-      ;;
-    dann)
-      runs=("svhn dann improved" "usps dann improved" "svhn dann plain" "usps dann plain"
-            "svhn source_only improved" "usps source_only improved" "svhn target_only improved" "usps target_only improved")
-      for i in "${!runs[@]}"; do
-        read -r tgt mode recipe <<<"${runs[$i]}"
-        log "dann $tgt $mode $recipe"
-        $LAUNCH training dann "${common[@]}" --target "$tgt" --mode "$mode" --recipe "$recipe" --out "$WORK/runs/dann-$i" \
-          --epochs 30 --batch-size 128 --lr 2e-4 --max-minutes "$(share "$(awk -v n=$(( ${#runs[@]} - i )) 'BEGIN{print 0.95/n}')")" \
-          2>&1 | tr '\r' '\n' | grep -v 'it/s\]' | tee "$LOGS/dann-$tgt-$mode-$recipe.log" | tail -n 1
-      done
-      pack dann $(cd "$CKPT" && ls dann-*.json dann-*.safetensors)
-      ;;
-    *) echo "unknown part $part" >&2; exit 2 ;;
-  esac
-done
+log "preflight: every step on a slice"
+PRE=$WORK/pre
+mkdir -p "$PRE/ckpt"
+cp "$CKPT_IN"/digit-classifier.* "$PRE/ckpt/"
+(
+  $PY -m training ddpm --data "$DATA" --checkpoint-dir "$PRE/ckpt" --out "$PRE/ddpm" --limit 512 --batch-size 256 ${DDPM_EXTRA:-} --max-steps 2 &&
+  $PY -m training.evaluate digits --data "$DATA" --checkpoint-dir "$PRE/ckpt" --per-digit 2 --ddpm-per-digit 1 --out "$PRE/digits" &&
+  $PY -m training.report --parts digits --digit-sampler ddim --checkpoint-dir "$PRE/ckpt" --out "$PRE/report"
+) >"$LOGS/preflight-ddpm.log" 2>&1 &
+pre_ddpm=$!
+pre_faces=0
+if [ $faces = 1 ]; then
+  (
+    $PY -m training dcgan --data "$DATA" --variant A --checkpoint-dir "$PRE/ckpt" --out "$PRE/dcgan" --limit 256 --epochs 1 --snapshot-every 1 ${DCGAN_EXTRA:-} &&
+    $PY -m training.evaluate faces-snapshots --variant A --run "$PRE/dcgan" --checkpoint-dir "$PRE/ckpt" --n 16 --workers 2
+  ) >"$LOGS/preflight-dcgan.log" 2>&1 &
+  pre_faces=$!
+fi
+ok=1
+wait $pre_ddpm || { ok=0; echo "preflight ddpm FAILED:"; tail -n 30 "$LOGS/preflight-ddpm.log"; }
+if [ $pre_faces != 0 ]; then
+  wait $pre_faces || { faces=0; echo "preflight dcgan FAILED (DCGAN skipped):"; tail -n 30 "$LOGS/preflight-dcgan.log"; }
+fi
+if [ $ok = 0 ]; then
+  (cd "$WORK" && tar -czf "$OUT/logs.tar.gz" logs) ; exit 5
+fi
+log "preflight passed"
+
+ddpm_minutes=$(minus "$(left)" "$EVAL_MINUTES")
+log "ddpm for $ddpm_minutes min"
+$PY -m training ddpm --data "$DATA" --checkpoint-dir "$CKPT" --out "$WORK/runs/ddpm" "${LIMIT_ARGS[@]}" \
+  --epochs 200 --batch-size 512 --lr 4e-4 --warmup-steps 500 --ema-decay 0.9995 --sample-every 2000 \
+  ${DDPM_EXTRA:-} --max-minutes "$ddpm_minutes" 2>&1 | quiet >"$LOGS/ddpm.log" &
+ddpm=$!
+
+if [ $faces = 1 ]; then
+  # The snapshot choice runs while the diffusion model still trains.
+  dcgan_minutes=$(minus "$ddpm_minutes" 1.2)
+  dcgan_jobs=()
+  for v in B A; do
+    (
+      $PY -m training dcgan --data "$DATA" --variant $v --checkpoint-dir "$CKPT" --out "$WORK/runs/dcgan-$v" "${LIMIT_ARGS[@]}" \
+        --epochs 1000 --snapshot-every 10 ${DCGAN_EXTRA:-} --max-minutes "$dcgan_minutes" &&
+      $PY -m training.evaluate faces-snapshots --variant $v --run "$WORK/runs/dcgan-$v" --checkpoint-dir "$CKPT" \
+        --n 500 --seed 1 --workers 6
+    ) 2>&1 | quiet >"$LOGS/dcgan-$v.log" &
+    dcgan_jobs+=($!)
+  done
+  wait "${dcgan_jobs[@]}"
+  tail -n 3 "$LOGS"/dcgan-*.log
+  pack dcgan.tar "$CKPT" $(cd "$CKPT" && ls dcgan-*.json dcgan-*.safetensors 2>/dev/null)
+fi
+
+wait $ddpm || echo "ddpm run FAILED"
+tail -n 2 "$LOGS/ddpm.log"
+if ls "$CKPT"/ddpm-digits.json >/dev/null 2>&1; then
+  log "evaluating digits"
+  cp "$CKPT_IN"/digit-classifier.* "$CKPT/"
+  cp "$CKPT_IN"/metrics.json "$CKPT/" 2>/dev/null || true
+  # A full-size checkpoint is two fp16 shards under the size limit: each travels alone.
+  cp "$CKPT"/ddpm-digits-0*.safetensors "$OUT"/ 2>/dev/null || cp "$CKPT"/ddpm-digits.safetensors "$OUT"/
+  $PY -m training.evaluate digits --data "$DATA" --checkpoint-dir "$CKPT" --per-digit 100 --ddpm-per-digit 100 \
+    --batch 1000 --out "$WORK/eval_digits" ${EVAL_EXTRA:-} 2>&1 | tee "$LOGS/eval-digits.log" | grep -v '^ \|^{\|^}'
+  $PY -m training.report --parts digits --checkpoint-dir "$CKPT" --out "$WORK/report" ${REPORT_EXTRA:-} 2>&1 | tail -n 1
+  pack ddpm-meta.tar "$CKPT" $(cd "$CKPT" && ls ddpm-digits.json ddpm-digits.safetensors.index.json digit-classifier.json metrics.json 2>/dev/null)
+  pack report.tar "$WORK/report" .
+  (cd "$WORK" && tar -czf "$OUT/eval_digits.tar.gz" eval_digits) || true
+fi
 (cd "$WORK" && tar -czf "$OUT/logs.tar.gz" logs runs/*/log.jsonl runs/*/samples 2>/dev/null) || true
 log "done; files in $OUT:"
 ls -la "$OUT"
