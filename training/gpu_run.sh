@@ -13,7 +13,8 @@
 # Environment:
 #   SOURCE   raw datasets (the data README's layout): mnist/ and bsds500/ for ddpm;
 #            celeba/ for dcgan (skipped when absent)
-#   OUT      where checkpoints, archives and logs go (default runs/gpu); at most 8 files
+#   OUT      where checkpoints, archives and logs go (default runs/gpu): at most 7 files,
+#            each under 16 MiB (the full-size UNet is three fp16 shards)
 #   MINUTES  whole budget, data build and evaluation included (default 8.5)
 #   EVAL_MINUTES  part of it kept for the evaluation after training (default 1.3)
 #   CKPT_IN  folder holding the evaluation classifier (digit-classifier.*) and
@@ -133,8 +134,8 @@ if ls "$CKPT"/ddpm-digits.json >/dev/null 2>&1; then
     --batch 1000 --out "$WORK/eval_digits" ${EVAL_EXTRA:-} 2>&1 | tee "$LOGS/eval-digits.log" | grep -v '^ \|^{\|^}'
   $PY -m training.report --parts digits --checkpoint-dir "$CKPT" --out "$WORK/report" ${REPORT_EXTRA:-} 2>&1 | tail -n 1
   pack ddpm-meta.tar "$CKPT" $(cd "$CKPT" && ls ddpm-digits.json ddpm-digits.safetensors.index.json digit-classifier.json metrics.json 2>/dev/null)
-  pack report.tar "$WORK/report" .
-  (cd "$WORK" && tar -czf "$OUT/eval_digits.tar.gz" eval_digits) || true
+  # Generated digits (<digit>_<NNN>.png per sampler) and the report's digit figures.
+  (cd "$WORK" && tar -czf "$OUT/eval_digits.tar.gz" eval_digits report) || true
 fi
 (cd "$WORK" && tar -czf "$OUT/logs.tar.gz" logs runs/*/log.jsonl runs/*/samples 2>/dev/null) || true
 log "done; files in $OUT:"
