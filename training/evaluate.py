@@ -147,6 +147,7 @@ def select_face_snapshot(args: argparse.Namespace) -> dict:
     training["epochs_trained"] = training.get("epochs_completed")
     training["epochs_completed"] = snap_card["training"]["epochs_completed"]
     training["steps"] = snap_card["training"]["steps"]
+    training["wall_time_s_at_snapshot"] = snap_card["training"].get("wall_time_s")
     training["selected_snapshot"] = {
         "epoch": snap_card["training"]["epochs_completed"],
         "rule": f"highest exactly-one-face rate on {args.n} faces of seed {args.seed}",

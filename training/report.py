@@ -98,10 +98,19 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _digit_run(card_metrics: dict, key: str) -> str:
+    """How a digit accuracy was measured, from the diffusion model's card."""
+    run = card_metrics.get(f"eval_classifier_acc_{key}")
+    if not run:
+        return ""
+    return f" ({run['sampler']}-{run['steps']}, guidance {run['guidance_scale']:g}, {run['images_per_digit']} per digit)"
+
+
 def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
     metrics_path = checkpoint_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     cards = list_cards(checkpoint_dir)
+    digit_metrics = cards.get(DIGIT_MODEL, {}).get("metrics", {})
     seed_numbers = {"svhn": (0.3729, 0.4460, 0.9295), "usps": (0.6982, 0.8017, 0.9838)}
     lines = [
         "# Report: DLCV 2022 HW2, regenerated from the shipped checkpoints",
@@ -117,7 +126,11 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
     for variant, name in FACE_MODELS.items():
         hw = cards.get(name, {}).get("training", {})
         fid = metrics.get(f"fid_{variant}")
-        lines.append(f"| {variant} | {_pct(metrics.get(f'faces_{variant}_hog'))} | {'skipped (no Inception weights here)' if fid is None else f'{fid:.2f}'} | {hw.get('hardware', '?')}, {hw.get('wall_time_s', '?')} s, {hw.get('epochs_completed', '?')} epochs |")
+        trained = f"{hw.get('hardware', '?')}, {hw.get('wall_time_s', '?')} s, {hw.get('epochs_completed', '?')} epochs"
+        if "selected_snapshot" in hw:
+            trained = (f"{hw.get('hardware', '?')}: the epoch-{hw['selected_snapshot']['epoch']} snapshot of a run of "
+                       f"{hw.get('epochs_trained', '?')} epochs in {hw.get('wall_time_s', '?')} s, chosen by {hw['selected_snapshot']['rule']}")
+        lines.append(f"| {variant} | {_pct(metrics.get(f'faces_{variant}_hog'))} | {'skipped (no Inception weights here)' if fid is None else f'{fid:.2f}'} | {trained} |")
     lines += [
         "",
         f"Real 64x64 CelebA faces (face/val) score {_pct(metrics.get('faces_real_val_hog'))} on the same detector.",
@@ -135,9 +148,9 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
         "| what | accuracy of the evaluation classifier |",
         "|---|---|",
         f"| real MNIST-M val | {_pct(metrics.get('eval_classifier_mnistm_val_acc'))} |",
-        f"| generated, DDPM 400 steps | {_pct(metrics.get('digits_ddpm_acc'))} |",
-        f"| generated, few-step DDIM | {_pct(metrics.get('digits_fewstep_acc'))} |",
-        f"| generated, few-step DDIM, no guidance | {_pct(metrics.get('digits_fewstep_noguidance_acc'))} |",
+        f"| generated, DDPM 400 steps{_digit_run(digit_metrics, 'ddpm')} | {_pct(metrics.get('digits_ddpm_acc'))} |",
+        f"| generated, few-step DDIM{_digit_run(digit_metrics, 'fewstep')} | {_pct(metrics.get('digits_fewstep_acc'))} |",
+        f"| generated, few-step DDIM, no guidance{_digit_run(digit_metrics, 'fewstep_noguidance')} | {_pct(metrics.get('digits_fewstep_noguidance_acc'))} |",
         "",
         "## Problem 3: DANN",
         "",
