@@ -57,8 +57,10 @@ class DigitsQuery(_Query):
     sampler: Sampler = Field(
         "ddim",
         description=(
-            "`ddim`: deterministic few-step sampler (`steps`, default 25): seconds on a CPU. "
-            "`ddpm`: the full 400-step ancestral sampler of the report: minutes on a CPU, so expect a `202` and poll."
+            "`ddim`: deterministic few-step sampler (`steps`, default 25): about 1.5 s per image on a 2-core CPU. "
+            "`ddpm`: the full 400-step ancestral sampler of the report, more faithful: about 25 s per image on a "
+            "2-core CPU (a GPU worker takes well under a second), so expect a `202` and poll; on a CPU, more than "
+            "about 30 images run past the default job time limit."
         ),
         examples=["ddim"],
     )
