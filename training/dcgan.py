@@ -35,7 +35,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", choices=["A", "B"], default="B", help="A: no BatchNorm, ReLU in D; B: standard DCGAN")
     parser.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (DCGAN paper: 0.5)")
     parser.add_argument("--nz", type=int, default=100, help="latent size")
-    parser.add_argument("--snapshot-every", type=int, default=0, help="also keep the generator every N epochs in <out>/snapshots/ (0: never), for `python -m training.evaluate faces --snapshots`")
+    parser.add_argument("--snapshot-every", type=int, default=0, help="also keep the generator every N epochs in <out>/snapshots/ (0: never), for `python -m training.evaluate faces-snapshots`")
     parser.add_argument("--save-every-minutes", type=float, default=5.0, help="wall time between resume states (and at each run's end)")
 
 

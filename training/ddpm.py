@@ -59,6 +59,15 @@ def _sample_grid(ema_net: ConditionalUNet, schedule: NoiseSchedule, path: Path, 
     ema_net.eval()
 
 
+def _smoothed(running: float | None, pending: list[torch.Tensor]) -> float | None:
+    """Fold the losses not yet read back into the running average, and empty ``pending``."""
+    values = torch.stack(pending).float().tolist() if pending else []
+    pending.clear()
+    for value in values:
+        running = value if running is None else 0.98 * running + 0.02 * value
+    return running
+
+
 def train(args: argparse.Namespace) -> dict:
     name = args.name or "ddpm-digits"
     out = Path(args.out or f"runs/{name}")
@@ -140,9 +149,7 @@ def train(args: argparse.Namespace) -> dict:
             step += 1
             pending.append(loss.detach())
             if step % 25 == 0:
-                for value in torch.stack(pending).float().tolist():
-                    running = value if running is None else 0.98 * running + 0.02 * value
-                pending.clear()
+                running = _smoothed(running, pending)
                 bar.set_postfix(loss=f"{running:.4f}", step=step)
             if step % 50 == 0:
                 log.write(step=step, epoch=epoch, loss=running, lr=warmup.get_last_lr()[0], elapsed_s=round(budget.elapsed, 1))
@@ -159,8 +166,7 @@ def train(args: argparse.Namespace) -> dict:
             checkpoint()
             saved_at = budget.elapsed
 
-    for value in torch.stack(pending).float().tolist() if pending else []:
-        running = value if running is None else 0.98 * running + 0.02 * value
+    running = _smoothed(running, pending)
     card = training_card(
         args, acc, budget, epochs_completed=epoch, epochs_planned=args.epochs, steps=step, stopped_early=stopped,
         optimizer="AdamW", loss="smooth L1 on the predicted noise", label_dropout=args.label_dropout,

@@ -36,6 +36,8 @@
 #            (a rehearsal: "--per-digit 2 --ddpm-per-digit 0" and "--digit-sampler ddim")
 #   WHEELS   folder of wheels to install first for packages the machine lacks
 #            (diffusers, ema-pytorch, importlib-metadata, lazy-importer, dlib-bin)
+# Several GPUs: LAUNCH="torchrun --nproc_per_node=8 -m" trains the diffusion model with
+# DDP (through accelerate); the DCGANs and the evaluation stay on one process each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SOURCE=${SOURCE:-../shared/data}
@@ -45,6 +47,7 @@ EVAL_MINUTES=${EVAL_MINUTES:-3.5}
 CKPT_IN=${CKPT_IN:-checkpoints}
 DATA=${DATA:-data/gpu/hw2_data}
 PY=${PYTHON:-python3}
+LAUNCH=${LAUNCH:-"$PY -m"}
 LIMIT_ARGS=()
 [ -n "${LIMIT:-}" ] && LIMIT_ARGS=(--limit "$LIMIT")
 start=$(date +%s)
@@ -110,7 +113,7 @@ log "preflight passed"
 
 ddpm_minutes=$(minus "$(left)" "$EVAL_MINUTES")
 log "ddpm for $ddpm_minutes min"
-$PY -m training ddpm --data "$DATA" --checkpoint-dir "$CKPT" --out "$WORK/runs/ddpm" "${LIMIT_ARGS[@]}" \
+$LAUNCH training ddpm --data "$DATA" --checkpoint-dir "$CKPT" --out "$WORK/runs/ddpm" "${LIMIT_ARGS[@]}" \
   --epochs 200 --batch-size 512 --lr 4e-4 --warmup-steps 500 --ema-decay 0.9995 --sample-every 2000 \
   ${DDPM_EXTRA:-} --max-minutes "$ddpm_minutes" 2>&1 | quiet >"$LOGS/ddpm.log" &
 ddpm=$!
