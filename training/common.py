@@ -77,6 +77,12 @@ def shuffled_batches(
         yield perm[start + rank * batch_size : start + (rank + 1) * batch_size]
 
 
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """How many batches ``shuffled_batches`` yields per epoch."""
+    batch_size = max(1, min(batch_size, n // world))
+    return max(0, (n - batch_size * world) // (batch_size * world) + 1)
+
+
 class Budget:
     """Stops a run on --max-minutes / --max-steps / --dry-run, whichever comes first."""
 

@@ -12,6 +12,9 @@
 # checkpoint is packed into OUT as soon as it is trained, so a run cut off later
 # still returns it.
 #
+# This trains the diffusion model from scratch. To continue the shipped one instead
+# (--init-from, the UNet alone, its lineage in the card), use training/gpu_ddpm.sh.
+#
 # Measured on one H200 (torch 2.11, bf16): the diffusion model trains at about 7.6
 # steps/s of 512 images alone, and at half that while the two DCGANs share the GPU;
 # a DCGAN epoch takes about 1.2 s; 400-step DDPM sampling of 500 digits with
@@ -70,7 +73,7 @@ export PYTHONUNBUFFERED=1
 left() { echo "$MINUTES $start $(date +%s)" | awk '{printf "%.2f", $1 - ($3 - $2) / 60}'; }
 minus() { echo "$1 $2" | awk '{v = $1 - $2; printf "%.2f", (v > 0.1 ? v : 0.1)}'; }
 log() { echo "=== $(date +%T) [$(left) min left] $*"; }
-quiet() { tr '\r' '\n' | grep --line-buffered -v 'it/s\]\|s/it\]'; }  # progress bars stay out of the logs
+quiet() { tr '\r' '\n' | grep --line-buffered -v 'it/s[],]\|s/it[],]\|^ *$'; }  # progress bars (with or without a postfix) stay out of the logs
 pack() {  # pack <archive> <dir> <files...>: the per-file limit on what comes back is 16 MiB
   local archive=$1 dir=$2; shift 2
   (cd "$dir" && tar -cf "$OUT/$archive" "$@") && echo "packed $archive: $*"

@@ -76,3 +76,107 @@ def test_report_refuses_unknown_parts_and_keeps_the_digit_caption(tmp_path: Path
     shipped = Path(__file__).resolve().parents[2] / "checkpoints"
     report_main(["--parts", "tables", "--checkpoint-dir", str(shipped), "--out", str(tmp_path)])
     assert "(ddpm-400, guidance 2, seed 0)" in (tmp_path / "README.md").read_text()
+
+
+def _ddpm(data: Path, run: Path, ckpt: Path, *flags: str) -> dict:
+    """A tiny diffusion run (no sample grids) and the card it wrote."""
+    train_main(["ddpm", "--data", str(data), "--out", str(run), "--checkpoint-dir", str(ckpt), "--batch-size", "4",
+                "--epochs", "2", "--sample-every", "1000", "--warmup-steps", "2", "--cpu", *flags])
+    return read_card(ckpt, "ddpm-digits")
+
+
+@pytest.fixture()
+def tiny_ddpm(small_hw2_data: Path, tmp_path: Path) -> Path:
+    """A 2-step checkpoint, 8 channels wide, to continue from."""
+    _ddpm(small_hw2_data, tmp_path / "run0", tmp_path / "ckpt0", "--base-channels", "8", "--max-steps", "2")
+    return tmp_path / "ckpt0"
+
+
+def test_ddpm_init_from_starts_at_the_checkpoint_weights(small_hw2_data: Path, tiny_ddpm: Path, tmp_path: Path) -> None:
+    import torch
+
+    from models.checkpoints import load_state
+
+    # No --base-channels: the width comes from the card.
+    card = _ddpm(small_hw2_data, tmp_path / "run1", tmp_path / "ckpt1", "--init-from", str(tiny_ddpm / "ddpm-digits"), "--max-steps", "0")
+    assert card["config"]["base_channels"] == 8
+    start, init = load_state(tmp_path / "ckpt1", "ddpm-digits"), load_state(tiny_ddpm, "ddpm-digits")
+    assert start.keys() == init.keys()
+    assert all(torch.equal(start[k], init[k]) for k in init), "step 0 of a continued run is the init checkpoint"
+    assert card["training"]["steps"] == 0 and card["training"]["total_steps"] == 2
+    assert card["training"]["stopped_early"] is False
+
+
+def test_ddpm_init_from_chains_the_lineage(small_hw2_data: Path, tiny_ddpm: Path, tmp_path: Path) -> None:
+    first = read_card(tiny_ddpm, "ddpm-digits")["training"]
+    # A folder is enough: the run's name (ddpm-digits) picks the card in it.
+    second = _ddpm(small_hw2_data, tmp_path / "run1", tmp_path / "ckpt1", "--init-from", str(tiny_ddpm), "--max-steps", "3")["training"]
+    assert [run["steps"] for run in second["lineage"]] == [2, 3]
+    assert second["lineage"][0]["command"] == first["command"] and second["lineage"][0]["hardware"] == first["hardware"]
+    assert second["lineage"][1]["init_from"] == str(tiny_ddpm / "ddpm-digits")
+    assert second["steps"] == 3 and second["total_steps"] == 5
+    assert second["total_epochs"] == sum(run["epochs"] for run in second["lineage"])
+    assert second["total_wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"], abs=0.2)
+    assert second["stopped_early"] is False, "ending on --max-steps is the plan, not an early stop"
+
+    third = _ddpm(small_hw2_data, tmp_path / "run2", tmp_path / "ckpt2", "--init-from", str(tmp_path / "ckpt1" / "ddpm-digits.json"),
+                  "--max-steps", "1")["training"]
+    assert [run["steps"] for run in third["lineage"]] == [2, 3, 1], "earlier lineages are flattened, not nested"
+    assert third["total_steps"] == 6
+
+
+def test_ddpm_init_from_refuses_flags_that_contradict_the_card(small_hw2_data: Path, tiny_ddpm: Path, tmp_path: Path) -> None:
+    for flags in (["--base-channels", "16"], ["--timesteps", "100"]):
+        with pytest.raises(SystemExit, match=flags[0]):
+            _ddpm(small_hw2_data, tmp_path / "run1", tmp_path / "ckpt1", "--init-from", str(tiny_ddpm), *flags, "--max-steps", "1")
+    # Agreeing flags are fine.
+    _ddpm(small_hw2_data, tmp_path / "run1", tmp_path / "ckpt1", "--init-from", str(tiny_ddpm), "--base-channels", "8", "--max-steps", "0")
+
+
+def test_ddpm_resume_of_a_continued_run_keeps_its_lineage(small_hw2_data: Path, tiny_ddpm: Path, tmp_path: Path) -> None:
+    run, ckpt = tmp_path / "run1", tmp_path / "ckpt1"
+    _ddpm(small_hw2_data, run, ckpt, "--init-from", str(tiny_ddpm), "--max-steps", "2")
+    # --resume wins over --init-from when the state exists (the same command restarts a cut run)...
+    card = _ddpm(small_hw2_data, run, ckpt, "--init-from", str(tiny_ddpm), "--resume", "--max-steps", "3")["training"]
+    assert card["steps"] == 3 and [r["steps"] for r in card["lineage"]] == [2, 3] and card["total_steps"] == 5
+    # ...and also without it: the lineage travels in state.pt.
+    card = _ddpm(small_hw2_data, run, ckpt, "--resume", "--max-steps", "4")["training"]
+    assert [r["steps"] for r in card["lineage"]] == [2, 4]
+    # A state started from another checkpoint is not silently resumed.
+    _ddpm(small_hw2_data, tmp_path / "fresh", tmp_path / "other", "--base-channels", "8", "--max-steps", "1")
+    with pytest.raises(SystemExit, match="not started from"):
+        _ddpm(small_hw2_data, tmp_path / "fresh", tmp_path / "other", "--init-from", str(tiny_ddpm), "--resume", "--max-steps", "2")
+
+
+def test_ddpm_run_cut_by_the_clock_says_how_far_it_got(small_hw2_data: Path, tmp_path: Path) -> None:
+    card = _ddpm(small_hw2_data, tmp_path / "run", tmp_path / "ckpt", "--base-channels", "8", "--max-minutes", "0.00001")["training"]
+    assert card["stopped_early"] is True
+    assert card["steps"] == 1 and card["steps_planned"] == 6  # 12 images, batch 4, 2 epochs
+    assert card["stopped_at"].startswith("1 of 6 planned steps")
+    assert card["throughput"]["steps"] == 1 and card["throughput"]["images_per_s"] > 0
+
+
+def test_lineage_of_an_old_card_and_of_nested_lineages() -> None:
+    from training.lineage import lineage_of, totals
+
+    old = {"training": {"command": "a", "hardware": "gpu", "wall_time_s": 10, "steps": 100, "epochs_completed": 2, "seed": 0}}
+    assert lineage_of(old) == [{"command": "a", "hardware": "gpu", "wall_time_s": 10, "steps": 100, "epochs": 2}]
+    nested = {"training": {"lineage": [{"lineage": [{"steps": 1, "epochs": 1}, {"steps": 2}]}, {"steps": 3, "wall_time_s": 1.5}]}}
+    assert [run["steps"] for run in lineage_of(nested)] == [1, 2, 3]
+    assert totals(lineage_of(nested)) == {"total_steps": 6, "total_epochs": 1, "total_wall_time_s": 1.5}
+
+
+def test_step_profiler_reports_a_window_cut_short(tmp_path: Path) -> None:
+    import torch
+
+    from training.timing import StepProfiler
+
+    profiler = StepProfiler(600.0, torch.device("cpu"), tmp_path / "profile.txt")
+    for _ in range(7):
+        with profiler.phase("forward"):
+            torch.ones(8, 8) @ torch.ones(8, 8)
+        assert profiler.step_done() is None
+    report = profiler.close()
+    assert report is not None and "first 7 steps" in report and "forward" in report
+    assert "torch.profiler, steps 5..7" in (tmp_path / "profile.txt").read_text()
+    assert profiler.close() is None and profiler.step_done() is None
