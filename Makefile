@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 DATA_SOURCE ?= ../shared/data
 DATA_DIR ?= data/hw2_data
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install test test-unit run data models train-all evaluate report clean
+.PHONY: install test test-unit run bench data models train-all evaluate report clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,10 @@ test-unit: install
 
 run: install
 	$(PY) -m api.launcher
+
+# Starts its own stack on free ports and writes docs/bench.json; BENCH_ARGS="--sections service --quick" for a smoke run.
+bench: install
+	DATA_SOURCE=$(abspath $(DATA_SOURCE)) $(PY) -m bench $(BENCH_ARGS)
 
 models: install
 	$(PY) -m models

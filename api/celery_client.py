@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from workers.protocol import task_routes
+
 
 def make_celery(redis_url: str, result_ttl_s: int) -> Celery:
     app = Celery("api", broker=redis_url, backend=redis_url, set_as_current=False)
@@ -15,6 +17,8 @@ def make_celery(redis_url: str, result_ttl_s: int) -> Celery:
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
+        # The same routes the workers' app has: digits to the diffusion queue, the rest to the small one.
+        task_routes=task_routes(),
         result_expires=result_ttl_s,
         # Fail a publish fast when Redis is gone, instead of hanging the request.
         broker_connection_timeout=3,

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from workers.protocol import JOB_ID_RE, job_key
 
 from .errors import BackendUnavailable, JobFailed, JobNotFound, ModelUnavailable
+from .results import ResultListener
 from .schemas import (
     ClassifyResult,
     DigitsResult,
@@ -134,6 +135,8 @@ def public_result(job_id: str, kind: JobKind, raw: dict[str, Any]) -> FacesResul
                 k: raw[k]
                 for k in ("checkpoint", "labels", "n", "seed", "sampler", "steps", "guidance", "device", "compute_s")
             },
+            guidance_interval=raw.get("guidance_interval"),
+            nfe=raw.get("nfe"),
             grid=image_link(job_id, raw["grid"]),
             images=[image_link(job_id, name) for name in raw["images"]],
             frames=[FrameLink(t=int(t), **image_link(job_id, name).model_dump()) for t, name in raw["frames"].items()],
@@ -174,6 +177,7 @@ class JobService:
         self.celery = celery
         self.redis = redis
         self.ttl_s = ttl_s
+        self.results = ResultListener(redis, self._result_key("*"))
 
     async def submit(
         self, kind: JobKind, task: str, kwargs: dict[str, Any], params: dict[str, Any], *, job_id: str | None = None
@@ -201,33 +205,42 @@ class JobService:
         return JobRecord.from_json(job_id, raw)
 
     async def state(self, job_id: str) -> JobState:
-        def read() -> dict[str, Any]:
-            # Celery backends are thread-local: look it up in the thread that uses it.
-            return self.celery.backend.get_task_meta(job_id)
-
-        return state_from_meta(await asyncio.to_thread(read))
+        # What ``backend.get_task_meta`` does, on the API's async Redis client:
+        # no thread hop, no second connection pool per thread.
+        return state_from_meta(self._decode(await self.redis.get(self._result_key(job_id))))
 
     async def wait(self, job_id: str, timeout_s: float) -> JobState:
         """The job's state once finished, or when ``timeout_s`` runs out.
 
-        Celery's Redis backend publishes every state it stores on the result key's
-        channel, so a waiting request sleeps until the worker writes, instead of
-        polling; a slow poll remains as a safety net for a missed message.
+        Celery's Redis backend publishes every state it stores, with the stored
+        value as the message; this process's one subscription hands it to the
+        waiting request (``api.results``), which sleeps until the worker writes
+        and reads the state from the message itself: no polling, no second read.
+        A slow poll remains as a safety net for a missed message.
         """
-        state = await self.state(job_id)
-        if state.finished or timeout_s <= 0:
-            return state
+        if timeout_s <= 0:
+            return await self.state(job_id)
         deadline = time.monotonic() + timeout_s
-        channel = self._result_key(job_id)
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(channel)
-            while True:
-                # Read after subscribing, so a result stored in between is not missed.
-                state = await self.state(job_id)
+        with self.results.watch(self._result_key(job_id)) as inbox:
+            await self.results.ready()
+            # Read once watching, so a result stored in between is not missed.
+            state = await self.state(job_id)
+            while not state.finished:
                 left = deadline - time.monotonic()
-                if state.finished or left <= 0:
-                    return state
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, SAFETY_POLL_S))
+                if left <= 0:
+                    break
+                try:
+                    message = await asyncio.wait_for(inbox.get(), min(left, SAFETY_POLL_S))
+                except TimeoutError:
+                    state = await self.state(job_id)
+                else:
+                    state = state_from_meta(self._decode(message))
+            return state
+
+    def _decode(self, raw: bytes | str | None) -> dict[str, Any]:
+        if not raw:
+            return {"status": "PENDING", "result": None}
+        return self.celery.backend.decode_result(raw)
 
     def _result_key(self, job_id: str) -> str:
         key = self.celery.backend.get_key_for_task(job_id)

@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.jobs.results.close()
             await redis.aclose()
             celery.close()
 

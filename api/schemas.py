@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from workers.protocol import SAMPLERS
+
 FaceModel = Literal["A", "B"]
-Sampler = Literal["ddpm", "ddim"]
+Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
 Target = Literal["svhn", "usps"]
 
 MAX_SEED = 2**32 - 1
@@ -54,42 +56,75 @@ class DigitsQuery(_Query):
         description="Also return the reverse-process frames of the first image at t = 400, 320, 240, 160, 80, 0.",
         examples=[True],
     )
-    sampler: Sampler = Field(
-        "ddim",
+    sampler: Sampler | None = Field(
+        None,
         description=(
-            "`ddim`: deterministic few-step sampler (`steps`, default 25): about 1.5 s per image on a 2-core CPU. "
-            "`ddpm`: the full 400-step ancestral sampler of the report, more faithful: about 25 s per image on a "
-            "2-core CPU (a GPU worker takes well under a second), so expect a `202` and poll; on a CPU, more than "
-            "about 30 images run past the default job time limit."
+            "Absent: the model's recommended few-step configuration (sampler, steps, guidance and its interval, "
+            "chosen by measured accuracy and diversity; `GET /models` shows it), at most 10 network evaluations "
+            "per image. `unipc` (UniPC) and `dpmpp-2m` (DPM-Solver++ 2M) are multistep solvers that need few steps "
+            "(default 10); `dpmpp-2m-sde` is DPM-Solver++'s stochastic variant; `ddim` is the deterministic sampler "
+            "of Song et al. (default 25 steps). `ddpm` is the report's full 400-step ancestral sampler: 40 times "
+            "the network evaluations of the default, so on a CPU worker expect a `202` and poll."
         ),
-        examples=["ddim"],
+        examples=["unipc"],
     )
     steps: int | None = Field(
         None,
         ge=1,
         le=T_STEPS,
-        description="Sampling steps for `ddim` (default: the model card's few-step count, else 25). Not allowed with `ddpm`.",
-        examples=[25],
+        description=(
+            "Sampling steps for every sampler but `ddpm` (which always runs all 400). Absent: the recommended "
+            "configuration's steps for its sampler, else 10 (25 for `ddim`)."
+        ),
+        examples=[10],
     )
     guidance: float | None = Field(
         None,
         ge=0,
         le=20,
         description=(
-            "Classifier-free guidance scale: 1 is plain conditional sampling, larger follows the label more closely. "
-            "Absent: the model card's recommended value (or 1)."
+            "Classifier-free guidance scale: 1 is plain conditional sampling, larger follows the label more closely "
+            "(and makes the digits more alike). Absent: the recommended configuration's."
         ),
-        examples=[1.0],
+        examples=[3.0],
+    )
+    guidance_from: int | None = Field(
+        None,
+        ge=0,
+        le=T_STEPS,
+        description=(
+            "Apply guidance only at timesteps t with `guidance_from <= t <= guidance_to` (400 is pure noise, 0 the "
+            "finished digit), the limited interval of Kynkaanniemi et al. (2024): steps outside it cost one network "
+            "evaluation instead of two. Give both or neither; absent: the recommended configuration's interval. "
+            "`guidance_from=0&guidance_to=400` guides every step."
+        ),
+        examples=[55],
+    )
+    guidance_to: int | None = Field(
+        None, ge=0, le=T_STEPS, description="The end of the guidance interval: see `guidance_from`.", examples=[370]
     )
     wait: float | None = Field(None, ge=0, description=_WAIT_DESCRIPTION, examples=[20])
 
     @model_validator(mode="after")
-    def _steps_only_for_ddim(self) -> DigitsQuery:
+    def _consistent(self) -> DigitsQuery:
         if self.sampler == "ddpm" and self.steps is not None:
             raise ValueError(
-                "`steps` applies to sampler=ddim only: ddpm always runs all 400 steps; drop `steps` or use sampler=ddim"
+                "`steps` does not apply to sampler=ddpm, which always runs all 400 steps: drop `steps`, "
+                "or pick a few-step sampler (unipc, dpmpp-2m, dpmpp-2m-sde, ddim)"
+            )
+        if (self.guidance_from is None) != (self.guidance_to is None):
+            raise ValueError("give both `guidance_from` and `guidance_to`, or neither")
+        if self.guidance_from is not None and self.guidance_to is not None and self.guidance_from > self.guidance_to:
+            raise ValueError(
+                f"guidance_from={self.guidance_from} is above guidance_to={self.guidance_to}: the interval is empty"
             )
         return self
+
+    @property
+    def guidance_interval(self) -> list[int] | None:
+        if self.guidance_from is None or self.guidance_to is None:
+            return None
+        return [self.guidance_from, self.guidance_to]
 
 
 class ClassifyQuery(_Query):
@@ -156,6 +191,10 @@ class DigitsResult(BaseModel):
     sampler: Sampler
     steps: int
     guidance: float
+    guidance_interval: list[int] | None = Field(
+        None, description="The timesteps [from, to] where guidance applied (null: every step)."
+    )
+    nfe: int | None = Field(None, description="Network evaluations per image: a guided step costs two.")
     device: str
     compute_s: float
     grid: ImageLink
@@ -213,7 +252,10 @@ JOB_RUNNING_EXAMPLE = {
     "status": "running",
     "url": f"/jobs/{_JOB_ID}",
     "created_at": "2024-05-01T12:00:00Z",
-    "params": {"labels": [3], "n": 10, "seed": 7, "sampler": "ddpm", "steps": None, "guidance": None, "frames": True},
+    "params": {
+        "labels": [3], "n": 10, "seed": 7, "sampler": "ddpm", "steps": None, "guidance": None,
+        "guidance_interval": None, "frames": True,
+    },
     "progress": {"step": 120, "total": 400},
     "result": None,
     "error": None,
@@ -222,16 +264,21 @@ DIGITS_DONE_EXAMPLE = {
     **JOB_RUNNING_EXAMPLE,
     "status": "succeeded",
     "progress": None,
-    "params": {"labels": [3], "n": 2, "seed": 7, "sampler": "ddim", "steps": 25, "guidance": None, "frames": True},
+    "params": {
+        "labels": [3], "n": 2, "seed": 7, "sampler": None, "steps": None, "guidance": None,
+        "guidance_interval": None, "frames": True,
+    },
     "result": {
         "kind": "digits",
         "checkpoint": "ddpm-digits",
         "labels": [3],
         "n": 2,
         "seed": 7,
-        "sampler": "ddim",
-        "steps": 25,
-        "guidance": 1.0,
+        "sampler": "unipc",
+        "steps": 5,
+        "guidance": 5.0,
+        "guidance_interval": [55, 370],
+        "nfe": 9,
         "device": "cpu",
         "compute_s": 1.9,
         "grid": {"name": "grid.png", "url": f"/jobs/{_JOB_ID}/images/grid.png"},
@@ -325,6 +372,11 @@ class ModelInfo(BaseModel):
     hardware: Any = Field(None, description="What it was trained on, from the model card.")
     num_train_timesteps: int | None = None
     guidance_scale: float | None = Field(None, description="Default classifier-free guidance (diffusion only).")
+    sampling: dict[str, Any] | None = Field(
+        None,
+        description="The recommended sampling configuration that a digits request gets by default (diffusion only).",
+        examples=[{"sampler": "unipc", "steps": 5, "guidance_scale": 5.0, "guidance_interval": [55, 370]}],
+    )
 
 
 class MissingModel(BaseModel):
@@ -337,6 +389,9 @@ class WorkerPublic(BaseModel):
     worker: str = Field(description="hostname:pid of the worker process.")
     device: str | None
     checkpoint_dir: str
+    queues: list[str] = Field(
+        default_factory=list, description="The job queues it consumes: `small` (faces, classify), `diffusion` (digits)."
+    )
     started_at: datetime
     heartbeat_at: datetime
     models: list[ModelInfo]
@@ -353,6 +408,7 @@ class ModelsPublic(BaseModel):
                             "worker": "gpu-box:4242",
                             "device": "cuda",
                             "checkpoint_dir": "/app/checkpoints",
+                            "queues": ["small", "diffusion"],
                             "started_at": "2024-05-01T12:00:00Z",
                             "heartbeat_at": "2024-05-01T12:05:00Z",
                             "models": [

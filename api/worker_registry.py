@@ -8,15 +8,21 @@ import time
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from workers.protocol import WORKERS_INDEX_KEY, worker_key
+from workers.protocol import ROLE_QUEUES, WORKERS_INDEX_KEY, worker_key
 
 from .errors import ModelUnavailable
 from .schemas import ModelInfo, WorkerPublic
 
+# How long ``require`` trusts what it read: a POST checks the workers' models on
+# every request, and this keeps that to one Redis read per second under load.
+REQUIRE_CACHE_S = 1.0
+
 
 class WorkerRegistry:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, cache_s: float = REQUIRE_CACHE_S) -> None:
         self.redis = redis
+        self.cache_s = cache_s
+        self._cached: tuple[float, list[WorkerPublic]] | None = None
 
     async def live(self) -> list[WorkerPublic]:
         """Workers whose registration has not expired, oldest first."""
@@ -37,9 +43,11 @@ class WorkerRegistry:
     async def require(self, role: str) -> ModelInfo | None:
         """The loaded model for ``role``; refuses a job no live worker can run.
 
-        With no worker at all the job may queue (a worker may be starting): None.
+        Only workers that consume the role's queue count. With none of them
+        live the job may queue (its worker may be starting): None.
         """
-        workers = await self.live()
+        queue = ROLE_QUEUES.get(role)
+        workers = [w for w in await self._recent() if not w.queues or queue in w.queues]
         if not workers:
             return None
         for model in (model for w in workers for model in w.models):
@@ -52,3 +60,9 @@ class WorkerRegistry:
             "CHECKPOINT_DIR at a folder that has it; GET /models lists what is loaded.",
             headers={"Retry-After": "30"},
         )
+
+    async def _recent(self) -> list[WorkerPublic]:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self.cache_s:
+            self._cached = (now, await self.live())
+        return self._cached[1]

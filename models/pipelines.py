@@ -16,7 +16,7 @@ from PIL import Image
 
 from .dann import DANN
 from .dcgan import Generator
-from .scheduler import NoiseSchedule, SamplerName
+from .scheduler import STOCHASTIC_SAMPLERS, NoiseSchedule, SamplerName
 from .unet import NULL_LABEL, ConditionalUNet
 
 ProgressCallback = Callable[[int, int], None]
@@ -42,11 +42,20 @@ class FacePipeline:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    @torch.no_grad()
-    def __call__(self, n: int, *, generator: torch.Generator | None = None) -> FaceOutput:
+    def noise(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The (n, nz, 1, 1) latents that ``__call__`` draws from ``generator``."""
         param = next(self.net.parameters())
-        z = torch.randn(n, self.net.config.nz, 1, 1, generator=generator, device=param.device, dtype=torch.float32)
-        return FaceOutput(to_unit_range(self.net(z.to(param.dtype))).cpu())
+        return torch.randn(n, self.net.config.nz, 1, 1, generator=generator, device=param.device, dtype=torch.float32)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> FaceOutput:
+        """Latents -> faces. Each face depends on its own latent only (BatchNorm runs on its
+        stored statistics in eval mode), so latents of several requests may share one call."""
+        param = next(self.net.parameters())
+        return FaceOutput(to_unit_range(self.net(z.to(param.device, param.dtype))).cpu())
+
+    def __call__(self, n: int, *, generator: torch.Generator | None = None) -> FaceOutput:
+        return self.decode(self.noise(n, generator=generator))
 
 
 @dataclass
@@ -54,30 +63,67 @@ class DigitOutput:
     images: torch.Tensor  # (N, 3, 28, 28) in [0, 1]
     labels: torch.Tensor  # (N,)
     frames: dict[int, torch.Tensor] = field(default_factory=dict)  # t -> first image at t, (3, 28, 28)
+    nfe: int = 0  # network evaluations per image: a guided step costs two
+
+
+def guided_steps(timesteps: Sequence[int], guidance_scale: float, interval: tuple[int, int] | None) -> list[bool]:
+    """Which sampler steps apply classifier-free guidance.
+
+    ``interval`` = (lo, hi) in paper timesteps (T = pure noise, 0 = the output):
+    guidance only where lo <= t <= hi, the limited interval of Kynkaanniemi et al.
+    (2024). Guidance at the highest noise levels mostly pulls every sample to the
+    same mode and at the lowest changes little, so leaving them out keeps diversity
+    and saves one network evaluation per step left out.
+    """
+    if guidance_scale == 1.0:
+        return [False] * len(timesteps)
+    if interval is None:
+        return [True] * len(timesteps)
+    lo, hi = interval
+    # Scheduler index t holds the sample at paper time t + 1.
+    return [lo <= int(t) + 1 <= hi for t in timesteps]
+
+
+def count_nfe(sampler: str, steps: int | None, guidance_scale: float, interval: tuple[int, int] | None, schedule: NoiseSchedule) -> int:
+    """Network evaluations per image of one sampling configuration, without running it."""
+    timesteps = schedule.make_sampler(sampler, steps).timesteps  # type: ignore[arg-type]
+    return len(timesteps) + sum(guided_steps(timesteps.tolist(), guidance_scale, interval))
 
 
 class DigitPipeline:
-    """Class-conditional digits from the UNet with DDPM (ancestral) or DDIM sampling."""
+    """Class-conditional digits from the UNet with any of the schedule's samplers."""
 
     def __init__(self, unet: ConditionalUNet, schedule: NoiseSchedule) -> None:
         self.unet = unet.eval()
         self.schedule = schedule
+        self.memory_format = torch.contiguous_format
+
+    def use_channels_last(self) -> DigitPipeline:
+        """NHWC weights and inputs: oneDNN's convolutions and GroupNorm run faster so on CPUs."""
+        self.unet = self.unet.to(memory_format=torch.channels_last)
+        self.memory_format = torch.channels_last
+        return self
 
     def _predict_noise(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float
+        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float | None
     ) -> torch.Tensor:
-        dtype = next(self.unet.parameters()).dtype
+        param = next(self.unet.parameters())
         tt = t.expand(x.shape[0]).to(x.device)
-        if guidance_scale == 1.0:
-            return self.unet(x.to(dtype), tt, labels).float()
+        if guidance_scale is None:
+            return self.unet(self._as_input(x, param.dtype), tt, labels).float()
         # Classifier-free guidance: one batched pass over the conditional and null inputs.
         both = self.unet(
-            torch.cat([x, x]).to(dtype), torch.cat([tt, tt]), torch.cat([labels, torch.full_like(labels, NULL_LABEL)])
+            self._as_input(torch.cat([x, x]), param.dtype),
+            torch.cat([tt, tt]),
+            torch.cat([labels, torch.full_like(labels, NULL_LABEL)]),
         ).float()
         cond, uncond = both.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
-    @torch.no_grad()
+    def _as_input(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x.to(dtype).contiguous(memory_format=self.memory_format)
+
+    @torch.inference_mode()
     def __call__(
         self,
         labels: Sequence[int] | torch.Tensor,
@@ -85,6 +131,7 @@ class DigitPipeline:
         sampler: SamplerName = "ddpm",
         steps: int | None = None,
         guidance_scale: float = 1.0,
+        guidance_interval: tuple[int, int] | None = None,
         generator: torch.Generator | None = None,
         frame_timesteps: Sequence[int] = (),
         callback: ProgressCallback | None = None,
@@ -94,7 +141,8 @@ class DigitPipeline:
         ``frame_timesteps`` are paper timesteps (T = pure noise, 0 = the output):
         the first image is kept at each, or at the nearest step the sampler visits.
         ``guidance_scale`` 1 is plain conditional sampling; above 1 is
-        classifier-free guidance (eps_null + s * (eps_label - eps_null)).
+        classifier-free guidance (eps_null + s * (eps_label - eps_null)), applied on
+        the steps inside ``guidance_interval`` (all steps when None).
         """
         device = next(self.unet.parameters()).device
         labels = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -104,22 +152,28 @@ class DigitPipeline:
             labels.shape[0], self.unet.config.in_channels, size, size, generator=generator, device=device
         )
         T = self.schedule.num_train_timesteps
-        ratio = T // len(sched.timesteps)
+        timesteps = [int(t) for t in sched.timesteps]
+        guided = guided_steps(timesteps, guidance_scale, guidance_interval)
+        # Only the stochastic schedulers' step() takes a generator (UniPC's has no such argument).
+        step_kwargs = {"generator": generator} if sampler in STOCHASTIC_SAMPLERS else {}
         visited: dict[int, torch.Tensor] = {T: x[0].clone()} if frame_timesteps else {}
-        total = len(sched.timesteps)
+        total = len(timesteps)
         for i, t in enumerate(sched.timesteps):
-            eps = self._predict_noise(x, t, labels, guidance_scale)
-            x = sched.step(eps, t, x, generator=generator).prev_sample
+            eps = self._predict_noise(x, t, labels, guidance_scale if guided[i] else None)
+            x = sched.step(eps, t, x, **step_kwargs).prev_sample
             if frame_timesteps:
-                # After the step at scheduler index t the sample sits at paper time t - ratio + 1.
-                visited[max(int(t) - ratio + 1, 0)] = x[0].clone()
+                # After the step at index t the sample sits where the next step starts
+                # (scheduler index t' holds paper time t' + 1), or at 0 after the last.
+                visited[timesteps[i + 1] + 1 if i + 1 < total else 0] = x[0].clone()
             if callback is not None:
                 callback(i + 1, total)
         frames = {}
         for want in frame_timesteps:
             nearest = min(visited, key=lambda have: abs(have - want))
             frames[int(want)] = to_unit_range(visited[nearest]).cpu()
-        return DigitOutput(images=to_unit_range(x).cpu(), labels=labels.cpu(), frames=frames)
+        return DigitOutput(
+            images=to_unit_range(x).cpu(), labels=labels.cpu(), frames=frames, nfe=total + sum(guided)
+        )
 
 
 def normalize_digits(x: torch.Tensor, mode: Normalization) -> torch.Tensor:

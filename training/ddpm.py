@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from models.checkpoints import load_model, read_card, save_model
 from models.pipelines import DigitPipeline
-from models.scheduler import NoiseSchedule, NoiseScheduleConfig
+from models.scheduler import NoiseSchedule, NoiseScheduleConfig, SamplingConfig
 from models.unet import ConditionalUNet, UNetConfig
 
 from .common import (
@@ -121,8 +121,16 @@ def _plan_from_init(spec: Path, name: str) -> NetworkPlan:
     return NetworkPlan(
         config=model.config, schedule=NoiseScheduleConfig(**card.get("schedule", {})), source=f"the card of {directory / ckpt_name}",
         init_from=str(directory / ckpt_name), init_model=model, earlier_runs=lineage_of(card),
-        sampling=card.get("sampling") or dict(DEFAULT_SAMPLING),
+        sampling=_carried_sampling(card.get("sampling")),
     )
+
+
+def _carried_sampling(sampling: dict | None) -> dict:
+    """The serving defaults a continued run keeps: the chosen configuration, not the sweep
+    tables behind it, which were measured on the earlier weights."""
+    if not sampling:
+        return dict(DEFAULT_SAMPLING)
+    return {k: v for k, v in sampling.items() if k not in ("sweep", "selection")}
 
 
 def plan_network(args: argparse.Namespace, name: str, state: dict | None) -> NetworkPlan:
@@ -144,7 +152,10 @@ def plan_network(args: argparse.Namespace, name: str, state: dict | None) -> Net
         plan = NetworkPlan(config, schedule, source="the flags")
     _check_flags(args, plan)
     if args.guidance_scale is not None:  # a serving default, not part of the network: the flag wins
-        plan.sampling = {**plan.sampling, "guidance_scale": args.guidance_scale}
+        if "default" not in plan.sampling:
+            plan.sampling = {**plan.sampling, "guidance_scale": args.guidance_scale}
+        else:
+            plan.sampling["default"] = {**plan.sampling["default"], "guidance_scale": args.guidance_scale}
     return plan
 
 
@@ -293,7 +304,7 @@ def train(args: argparse.Namespace) -> dict:
     images, labels = load_digits(args.data, "mnistm", "train", limit=args.limit)
     images, labels = images.to(acc.device), labels.to(acc.device)
     engine = build_engine(args, plan, acc)
-    ema_net, guidance = engine.ema.ema_model, plan.sampling["guidance_scale"]
+    ema_net, guidance = engine.ema.ema_model, SamplingConfig.card_default({"sampling": plan.sampling}).guidance_scale
 
     epoch, step = 0, 0
     gen = torch.Generator().manual_seed(args.seed)

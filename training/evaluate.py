@@ -3,6 +3,7 @@ and into ``checkpoints/metrics.json`` (never edited by hand).
 
     python -m training.evaluate faces [--n 1000] [--fid-weights pt_inception-2015-12-05-6726825d.pth]
     python -m training.evaluate digits [--per-digit 100] [--ddpm-per-digit 100]
+    python -m training.evaluate digits-sweep --seed 1 --select   # choose the served sampler (see training.evaluate_digits)
     python -m training.evaluate dann
     python -m training.evaluate all
     python -m training.evaluate faces-snapshots --run runs/dcgan-B --variant B   # pick the generator to ship
@@ -14,7 +15,6 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -23,33 +23,14 @@ import torch
 from PIL import Image
 
 from models.checkpoints import list_cards, load_model, read_card, save_model, update_metrics
-from models.loading import DANN_MODELS, DIGIT_MODEL, EVAL_CLASSIFIER, FACE_MODELS, load_pipeline
-from models.pipelines import DannClassifier, DigitPipeline, FacePipeline, normalize_digits
+from models.loading import DANN_MODELS, FACE_MODELS, load_pipeline
+from models.pipelines import DannClassifier, FacePipeline
 
 from .data.datasets import load_digits, load_faces
+from .eval_common import device_of, to_uint8_hwc, write_metrics
+from .evaluate_digits import evaluate_digits, sweep
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"  # the file name pytorch-fid downloads
-
-
-def device_of(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else the CPU; any other name is taken as is."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def write_metrics(checkpoint_dir: Path, values: dict) -> dict:
-    """Merge ``values`` into checkpoints/metrics.json (a flat object of numbers or null)."""
-    path = Path(checkpoint_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics.update(values)
-    path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
-    return metrics
-
-
-def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 # ---------------------------------------------------------------- faces
@@ -159,74 +140,6 @@ def select_face_snapshot(args: argparse.Namespace) -> dict:
     return training["selected_snapshot"]
 
 
-# ---------------------------------------------------------------- digits
-@torch.no_grad()
-def classify_uint8(model: torch.nn.Module, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Evaluation-classifier predictions for uint8 (N, 3, 28, 28) images."""
-    preds = [model(images[i : i + batch].float().div(127.5).sub(1)).argmax(1) for i in range(0, len(images), batch)]
-    return torch.cat(preds)
-
-
-def generate_digits(
-    pipe: DigitPipeline, per_digit: int, *, sampler: str, steps: int | None, guidance: float, seed: int, batch: int, out_dir: Path | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_digit`` images of each digit as uint8 (N, 3, 28, 28), saved as ``<digit>_<NNN>.png``."""
-    device = next(pipe.unet.parameters()).device
-    labels = torch.arange(10).repeat_interleave(per_digit)
-    gen = torch.Generator(device).manual_seed(seed)
-    chunks = []
-    for i in range(0, len(labels), batch):
-        out = pipe(labels[i : i + batch], sampler=sampler, steps=steps, guidance_scale=guidance, generator=gen)
-        chunks.append((out.images * 255).round().to(torch.uint8))
-    images = torch.cat(chunks)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for k, (img, label) in enumerate(zip(images, labels)):
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(out_dir / f"{int(label)}_{k % per_digit + 1:03d}.png")
-    return images, labels
-
-
-def evaluate_digits(args: argparse.Namespace) -> dict:
-    device = device_of(args.device)
-    clf, _ = load_model(args.checkpoint_dir, EVAL_CLASSIFIER, device=device)
-    vx, vy = load_digits(args.data, "mnistm", "val")
-    real_acc = (classify_uint8(clf, vx.to(device)).cpu() == vy).float().mean().item()
-    print(f"evaluation classifier on real MNIST-M val ({len(vx)} images): accuracy {real_acc:.4f}")
-    update_metrics(args.checkpoint_dir, EVAL_CLASSIFIER, {"mnistm_val_acc": round(real_acc, 4)})
-    results: dict = {"eval_classifier_mnistm_val_acc": round(real_acc, 4)}
-
-    pipe, card = load_pipeline(args.checkpoint_dir, DIGIT_MODEL, device=device)
-    assert isinstance(pipe, DigitPipeline)
-    sampling = card.get("sampling", {})
-    guided = float(sampling.get("guidance_scale", 1.0))
-    few_steps = int(sampling.get("few_step_steps", 25))
-    runs = [
-        ("ddpm", "ddpm", None, guided, args.ddpm_per_digit),
-        ("fewstep", "ddim", few_steps, guided, args.per_digit),
-    ]
-    if guided != 1.0:
-        runs.append(("fewstep_noguidance", "ddim", few_steps, 1.0, args.per_digit))
-    card_metrics = {}
-    for key, sampler, steps, guidance, per_digit in runs:
-        if per_digit <= 0:
-            continue
-        start = time.monotonic()
-        out_dir = Path(args.out) / key if args.out else None
-        images, labels = generate_digits(pipe, per_digit, sampler=sampler, steps=steps, guidance=guidance,
-                                         seed=args.seed, batch=args.batch, out_dir=out_dir)
-        preds = classify_uint8(clf, images.to(device)).cpu()
-        accuracy = (preds == labels).float().mean().item()
-        per_class = [(preds[labels == d] == d).float().mean().item() for d in range(10)]
-        label = f"{sampler}-{steps or pipe.schedule.num_train_timesteps}, guidance {guidance:g}"
-        print(f"digits {label}: {per_digit}/digit, accuracy {accuracy:.4f} ({time.monotonic() - start:.0f}s); per digit "
-              + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(per_class)))
-        results[f"digits_{key}_acc"] = round(accuracy, 4)
-        card_metrics[f"eval_classifier_acc_{key}"] = {"accuracy": round(accuracy, 4), "sampler": sampler, "steps": steps or pipe.schedule.num_train_timesteps,
-                                                     "guidance_scale": guidance, "images_per_digit": per_digit, "seed": args.seed}
-    update_metrics(args.checkpoint_dir, DIGIT_MODEL, card_metrics)
-    return write_metrics(args.checkpoint_dir, results)
-
-
 # ---------------------------------------------------------------- DANN
 def dann_table_names(target: str) -> dict[str, str]:
     """Table row -> checkpoint name, for one target."""
@@ -260,21 +173,27 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["faces", "digits", "dann", "all", "faces-snapshots"], help="which models to evaluate (faces-snapshots: choose the DCGAN snapshot to ship)")
+    parser.add_argument("what", choices=["faces", "digits", "digits-sweep", "dann", "all", "faces-snapshots"], help="which models to evaluate (faces-snapshots: choose the DCGAN snapshot to ship)")
     parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="checkpoints and cards to evaluate (cards are updated)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated samples")
     parser.add_argument("--n", type=int, default=1000, help="faces per variant")
     parser.add_argument("--fid-weights", type=Path, default=None, help=f"local copy of pytorch-fid's {FID_WEIGHTS_NAME}; FID is skipped without it")
-    parser.add_argument("--per-digit", type=int, default=100, help="generated images per digit for the few-step sampler")
+    parser.add_argument("--per-digit", type=int, default=100, help="generated images per digit for the served (few-step) sampler")
+    parser.add_argument("--sweep-per-digit", type=int, default=20, help="digits-sweep: generated images per digit and configuration")
+    parser.add_argument("--top", type=int, default=0, help="digits-sweep on another seed: only the tuning seed's N best rows within the NFE budget, the default and the reference")
+    parser.add_argument("--select", action="store_true", help="digits-sweep: choose the served default from this seed's table (the tuning seed only)")
     parser.add_argument("--ddpm-per-digit", type=int, default=100, help="generated images per digit for 400-step DDPM (0: skip)")
-    parser.add_argument("--batch", type=int, default=250, help="sampling batch size")
-    parser.add_argument("--out", type=Path, default=Path("runs/eval_digits"), help="where generated digits are saved as <digit>_<NNN>.png")
+    parser.add_argument("--batch", type=int, default=100, help="sampling batch size")
+    parser.add_argument("--out", type=Path, default=Path("runs/eval_digits"), help="where generated digits are saved as <digit>_<NNN>.png (and the sweep's rows)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the face detector")
     parser.add_argument("--run", type=Path, default=None, help="faces-snapshots: the DCGAN run folder (holds snapshots/)")
     parser.add_argument("--variant", choices=sorted(FACE_MODELS), default=None, help="faces-snapshots: which DCGAN")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.what == "faces-snapshots":
         if args.run is None or args.variant is None:
             parser.error("faces-snapshots needs --run and --variant")
@@ -282,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.what in ("faces", "all"):
         evaluate_faces(args)
+    if args.what == "digits-sweep":
+        sweep(args)
     if args.what in ("digits", "all"):
         evaluate_digits(args)
     if args.what in ("dann", "all"):

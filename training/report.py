@@ -24,10 +24,12 @@ import torch
 from models.checkpoints import list_cards
 from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, load_pipeline
 from models.pipelines import normalize_digits
+from models.scheduler import SAMPLERS, SamplingConfig
 
 from .common import save_grid
 from .data.datasets import load_digits
-from .evaluate import dann_table_names, device_of
+from .eval_common import device_of
+from .evaluate_digits import config_label
 
 FRAME_TIMESTEPS = (400, 320, 240, 160, 80, 0)
 PARTS = ("faces", "digits", "tsne", "tables")
@@ -41,19 +43,20 @@ def faces(checkpoint_dir: Path, out: Path, device: torch.device, seed: int) -> N
 
 
 def digits(checkpoint_dir: Path, out: Path, device: torch.device, seed: int, sampler: str) -> str:
+    """The 10x10 grid and the reverse process; ``sampler`` "default" is the served configuration."""
     pipe, card = load_pipeline(checkpoint_dir, DIGIT_MODEL, device=device)
-    sampling = card.get("sampling", {})
-    steps = int(sampling.get("few_step_steps", 25)) if sampler == "ddim" else None
-    guidance = float(sampling.get("guidance_scale", 1.0))
+    default = SamplingConfig.card_default(card)
+    config = default if sampler == "default" else default.override(sampler=sampler)
     labels = torch.arange(10).repeat_interleave(10)
-    result = pipe(labels, sampler=sampler, steps=steps, guidance_scale=guidance,
-                  generator=torch.Generator(device).manual_seed(seed), frame_timesteps=FRAME_TIMESTEPS)
+    result = pipe(labels, sampler=config.sampler, steps=config.steps, guidance_scale=config.guidance_scale,
+                  guidance_interval=config.guidance_interval, generator=torch.Generator(device).manual_seed(seed),
+                  frame_timesteps=FRAME_TIMESTEPS)
     save_grid(result.images, out / "digits_grid.png", nrow=10)
     frames = [result.frames[t] for t in FRAME_TIMESTEPS]
     save_grid(torch.stack(frames), out / "reverse_process.png", nrow=len(frames))
     for t, frame in zip(FRAME_TIMESTEPS, frames):
         save_grid(frame[None], out / f"reverse_t{t:03d}.png", nrow=1)
-    caption = f"{sampler}-{steps or pipe.schedule.num_train_timesteps}, guidance {guidance:g}, seed {seed}"
+    caption = f"{config_label(config, pipe.schedule.num_train_timesteps)}, {result.nfe} network evaluations per image, seed {seed}"
     # The tables quote how the grid was drawn, also when a later run redoes only the tables.
     (out / DIGITS_CAPTION).write_text(caption + "\n")
     return caption
@@ -103,7 +106,30 @@ def _digit_run(card_metrics: dict, key: str) -> str:
     run = card_metrics.get(f"eval_classifier_acc_{key}")
     if not run:
         return ""
-    return f" ({run['sampler']}-{run['steps']}, guidance {run['guidance_scale']:g}, {run['images_per_digit']} per digit)"
+    label = run.get("label") or f"{run['sampler']}-{run['steps']} g{run['guidance_scale']:g}"
+    nfe = f", {run['nfe']} NFE" if "nfe" in run else ""
+    return f" ({label}{nfe}, {run['images_per_digit']} per digit, seed {run['seed']})"
+
+
+def sampler_sweep_lines(card: dict) -> list[str]:
+    """The sampler sweep of the diffusion card: each configuration on the tuning and the report seed."""
+    sampling = card.get("sampling", {})
+    sweep, selection = sampling.get("sweep", {}), sampling.get("selection")
+    if not sweep:
+        return []
+    seeds = sorted(sweep, key=lambda k: sweep[k]["seed"], reverse=True)  # the tuning seed (1) first
+    by_seed = {k: {r["label"]: r for r in sweep[k]["rows"]} for k in seeds}
+    head = " | ".join(f"accuracy / MS-SSIM, seed {sweep[k]['seed']} ({sweep[k]['images_per_digit']} per digit)" for k in seeds)
+    lines = ["", "Sampler sweep (`python -m training.evaluate digits-sweep`; lower MS-SSIM is more varied; "
+             "real MNIST-M val: " + ", ".join(f"{sweep[k]['real_msssim']:.3f} for seed {sweep[k]['seed']}'s count" for k in seeds) + "):", "",
+             f"| configuration | NFE | {head} |", "|---|---|" + "---|" * len(seeds)]
+    for label, row in by_seed[seeds[0]].items():
+        cells = [f"{by_seed[k][label]['accuracy']:.3f} / {by_seed[k][label]['msssim']:.3f}" if label in by_seed[k] else "-" for k in seeds]
+        mark = " **(served)**" if selection and label == selection["chosen"] else ""
+        lines.append(f"| {label}{mark} | {row['nfe']} | " + " | ".join(cells) + " |")
+    if selection:
+        lines += ["", f"The served default was chosen on seed {selection['tuning_seed']}: {selection['rule']}."]
+    return lines
 
 
 def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
@@ -149,8 +175,11 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
         "|---|---|",
         f"| real MNIST-M val | {_pct(metrics.get('eval_classifier_mnistm_val_acc'))} |",
         f"| generated, DDPM 400 steps{_digit_run(digit_metrics, 'ddpm')} | {_pct(metrics.get('digits_ddpm_acc'))} |",
-        f"| generated, few-step DDIM{_digit_run(digit_metrics, 'fewstep')} | {_pct(metrics.get('digits_fewstep_acc'))} |",
-        f"| generated, few-step DDIM, no guidance{_digit_run(digit_metrics, 'fewstep_noguidance')} | {_pct(metrics.get('digits_fewstep_noguidance_acc'))} |",
+        f"| generated, served few-step default{_digit_run(digit_metrics, 'fewstep')} | {_pct(metrics.get('digits_fewstep_acc'))} |",
+        "",
+        f"Diversity, per-label mean pairwise MS-SSIM (lower is more varied): served default {_pct(metrics.get('digits_fewstep_msssim'))}, "
+        f"real MNIST-M val {_pct(metrics.get('digits_real_msssim'))}.",
+        *sampler_sweep_lines(cards.get(DIGIT_MODEL, {})),
         "",
         "## Problem 3: DANN",
         "",
@@ -181,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/report"), help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every generated figure")
-    parser.add_argument("--digit-sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler of the 10x10 grid and the reverse-process frames")
+    parser.add_argument("--digit-sampler", choices=["default", *SAMPLERS], default="default", help="sampler of the 10x10 grid and the reverse-process frames (default: the served configuration)")
     parser.add_argument("--tsne-per-domain", type=int, default=1000, help="val images per domain in the t-SNE maps")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = parser.parse_args(argv)

@@ -3,13 +3,20 @@
 Models are loaded in ``worker_process_init`` (see ``workers.registry``), i.e. in
 each pool child after the fork, so the forking parent never touches CUDA and the
 prefork pool is CUDA-safe.
+
+Queues: tasks are routed by ``workers.protocol.task_routes()``, the same table
+the API publishes with. Without ``-Q`` a worker consumes ``WORKER_QUEUES``; with
+``-Q`` it consumes those, and either way it loads only the models of the queues
+it really consumes (``workers.registry``).
 """
 
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from .config import get_settings
+from .protocol import task_routes
 
 settings = get_settings()
 
@@ -18,6 +25,9 @@ app.conf.update(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
+    task_routes=task_routes(),
+    # Each queue on its own direct exchange, as the API's Celery declares a routed queue.
+    task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in settings.queues],
     # Ack after the task returns, one message at a time: a worker that dies
     # mid-job does not swallow the jobs queued behind it.
     task_acks_late=True,

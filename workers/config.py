@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .protocol import QUEUES, parse_queues
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -24,12 +26,28 @@ class WorkerSettings(BaseSettings):
     task_soft_time_limit: int = Field(900, ge=1, description="Seconds before a job is asked to stop.")
     task_time_limit: int = Field(960, ge=1, description="Seconds before a job's process is killed.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker re-registers its models.")
+    worker_queues: str = Field(
+        ",".join(QUEUES),
+        description="Comma-separated queues a worker consumes when started without -Q; it loads only their models.",
+    )
+    micro_batch: bool = Field(True, description="Let concurrent face / classify jobs share one forward pass.")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest a job waits for others to join its batch.")
+    batch_wait_always: bool = Field(
+        False, description="Wait BATCH_WAIT_MS even when no other job is on its way: larger batches, slower when idle."
+    )
+    batch_max_faces: int = Field(64, ge=1, description="Faces per batched forward pass of a DCGAN.")
+    batch_max_classify: int = Field(256, ge=1, description="Images per batched forward pass of a DANN.")
 
     @model_validator(mode="after")
     def _hard_after_soft(self) -> WorkerSettings:
         if self.task_time_limit <= self.task_soft_time_limit:
             raise ValueError("TASK_TIME_LIMIT must be larger than TASK_SOFT_TIME_LIMIT, so cleanup can run")
+        parse_queues(self.worker_queues)
         return self
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        return parse_queues(self.worker_queues)
 
 
 @lru_cache

@@ -1,4 +1,4 @@
-"""The contract between the API and the workers: task names, Redis keys, file names.
+"""The contract between the API and the workers: task names, queues, Redis keys, file names.
 
 The API process imports this module, so it stays free of torch and Celery.
 """
@@ -11,6 +11,16 @@ import re
 TASK_FACES = "workers.tasks.generate_faces"
 TASK_DIGITS = "workers.tasks.generate_digits"
 TASK_CLASSIFY = "workers.tasks.classify_digits"
+
+# Queues: a diffusion job runs for seconds to minutes, a face or classify job
+# for milliseconds. On one queue a burst of diffusion jobs would sit in front of
+# every small request, so each kind gets its own queue and its own worker (the
+# Celery routing guide's "one worker per queue"). The API publishes by these
+# routes; a worker consumes the queues it is given and loads only their models.
+QUEUE_SMALL = "small"  # DCGAN faces and DANN classification: small networks, micro-batched
+QUEUE_DIFFUSION = "diffusion"  # the diffusion UNet: long jobs, all of a device
+QUEUES = (QUEUE_SMALL, QUEUE_DIFFUSION)
+TASK_QUEUES = {TASK_FACES: QUEUE_SMALL, TASK_CLASSIFY: QUEUE_SMALL, TASK_DIGITS: QUEUE_DIFFUSION}
 
 # Worker registry: a sorted set of worker ids scored by the unix time their
 # registration expires, plus one JSON key per worker with a TTL. The sorted set
@@ -25,9 +35,19 @@ JOB_KEY_PREFIX = "genserve:job:"
 FACE_ROLES = {"A": "faces:A", "B": "faces:B"}
 DIGIT_ROLE = "digits"
 CLASSIFY_ROLES = {"svhn": "classify:svhn", "usps": "classify:usps"}
+# The queue whose jobs need each role's model: a worker loads a role's model
+# only when it consumes that queue.
+ROLE_QUEUES = {
+    **{role: QUEUE_SMALL for role in FACE_ROLES.values()},
+    DIGIT_ROLE: QUEUE_DIFFUSION,
+    **{role: QUEUE_SMALL for role in CLASSIFY_ROLES.values()},
+}
 
 # The report's reverse-process figure.
 FRAME_TIMESTEPS = (400, 320, 240, 160, 80, 0)
+
+# Digit samplers a request may name (models.scheduler builds them; a test keeps the two lists equal).
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 
 GRID_NAME = "grid.png"
 FRAMES_STRIP_NAME = "frames.png"
@@ -35,6 +55,20 @@ INPUTS_DIR = "inputs"
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    """Celery's ``task_routes`` for both sides: the API publishes by it, the workers' app shares it."""
+    return {task: {"queue": queue} for task, queue in TASK_QUEUES.items()}
+
+
+def parse_queues(value: str) -> tuple[str, ...]:
+    """``"small,diffusion"`` -> ``("small", "diffusion")``; refuses names no task is routed to."""
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [name for name in names if name not in QUEUES]
+    if not names or unknown:
+        raise ValueError(f"queues {value!r}: each must be one of {', '.join(QUEUES)} (comma-separated)")
+    return names
 
 
 def frame_name(t: int) -> str:

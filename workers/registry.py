@@ -4,6 +4,12 @@
 the fork, so CUDA is only ever initialised in the child), then a heartbeat thread
 keeps a short-lived Redis key that says what this process has loaded. The API's
 ``GET /models`` and ``/readyz`` read those keys.
+
+A worker serves the models of the queues it consumes (``workers.protocol.ROLE_QUEUES``):
+the small-model worker does not hold the diffusion UNet, and the diffusion
+worker does not hold the DCGANs and DANNs. The queues are read from the worker
+itself at ``worker_init`` (after ``-Q`` is applied), so the models always match
+what it consumes; outside a worker they come from ``WORKER_QUEUES``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from models.checkpoints import CheckpointError
 from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, Pipeline, load_pipeline
+from models.pipelines import DigitPipeline
+from models.scheduler import SamplingConfig
 
+from .batching import MicroBatcher
 from .config import WorkerSettings, get_settings
-from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, WORKERS_INDEX_KEY, worker_key
+from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, ROLE_QUEUES, WORKERS_INDEX_KEY, worker_key
 from .storage import prune_expired
 
 log = logging.getLogger(__name__)
@@ -36,6 +45,11 @@ SERVED: dict[str, str] = {
     DIGIT_ROLE: DIGIT_MODEL,
     **{CLASSIFY_ROLES[target]: name for target, name in DANN_MODELS.items()},
 }
+
+
+def served_for(queues: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """The part of ``SERVED`` whose jobs come on ``queues``."""
+    return {role: name for role, name in SERVED.items() if ROLE_QUEUES[role] in queues}
 
 
 class ModelUnavailable(RuntimeError):
@@ -75,7 +89,9 @@ class LoadedModel:
         }
         if self.card.get("kind") == "conditional-unet":
             info["num_train_timesteps"] = self.card.get("schedule", {}).get("num_train_timesteps", 400)
-            info["guidance_scale"] = default_guidance(self.card)
+            default = SamplingConfig.card_default(self.card)
+            info["guidance_scale"] = default.guidance_scale
+            info["sampling"] = default.to_dict()
         return info
 
 
@@ -87,18 +103,23 @@ def _first_param(pipeline: Pipeline) -> torch.Tensor:
     raise TypeError(f"{type(pipeline).__name__} holds no network")
 
 
-def default_guidance(card: dict) -> float:
-    """The card's recommended classifier-free guidance scale; 1 (off) when it has none."""
-    return float(card.get("sampling", {}).get("guidance_scale", 1.0))
+def warm_up_digits(pipeline: DigitPipeline, card: dict) -> None:
+    """One guided network evaluation, so the first request does not pay for oneDNN's (or cuDNN's) set-up."""
+    pipeline([0], sampler="ddim", steps=1, guidance_scale=SamplingConfig.card_default(card).guidance_scale)
 
 
 @dataclass
 class Registry:
     settings: WorkerSettings
+    queues: tuple[str, ...] = ()  # consumed queues; empty = the settings' WORKER_QUEUES
     device: torch.device | None = None
     models: dict[str, LoadedModel] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)  # role -> why it is not loaded
     loaded_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.queues = tuple(self.queues) or self.settings.queues
+        self.served = served_for(self.queues)
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -110,10 +131,10 @@ class Registry:
         try:
             self.device = pick_device(self.settings.device)
         except RuntimeError as err:
-            self.missing = {role: str(err) for role in SERVED}
+            self.missing = {role: str(err) for role in self.served}
             log.error("%s", err)
             return
-        for role, name in SERVED.items():
+        for role, name in self.served.items():
             try:
                 pipeline, card = load_pipeline(self.settings.checkpoint_dir, name, device=self.device)
             except (CheckpointError, OSError, ValueError, KeyError, TypeError) as err:
@@ -122,11 +143,16 @@ class Registry:
                 self.missing[role] = f"{type(err).__name__}: {err}"
                 log.warning("not serving %s (%s): %s", role, name, err)
                 continue
+            if isinstance(pipeline, DigitPipeline):
+                # Plain NCHW fp32 under inference_mode: make bench's cpu_fast_path found neither
+                # channels-last nor bf16 autocast faster on a CPU without bf16 instructions.
+                warm_up_digits(pipeline, card)
             self.models[role] = LoadedModel(role, name, pipeline, card, str(self.device))
         self.loaded_at = time.time()
         log.info(
-            "loaded %d models on %s in %.1f s from %s",
+            "loaded %d models for queues %s on %s in %.1f s from %s",
             len(self.models),
+            ",".join(self.queues),
             self.device,
             time.perf_counter() - started,
             self.settings.checkpoint_dir,
@@ -135,6 +161,11 @@ class Registry:
     def get(self, role: str) -> LoadedModel:
         if role in self.models:
             return self.models[role]
+        if role not in self.served:
+            raise ModelUnavailable(
+                f"model {SERVED.get(role, role)!r} is not served by this worker: it consumes the queues "
+                f"{', '.join(self.queues)}, and {role!r} jobs belong on {ROLE_QUEUES.get(role, '?')!r}"
+            )
         reason = self.missing.get(role, "not loaded")
         raise ModelUnavailable(
             f"model {SERVED.get(role, role)!r} is not loaded on this worker ({reason}); "
@@ -145,6 +176,7 @@ class Registry:
         return {
             "device": str(self.device) if self.device else None,
             "checkpoint_dir": str(self.settings.checkpoint_dir),
+            "queues": list(self.queues),
             "loaded_at": self.loaded_at,
             "models": [model.describe() for model in self.models.values()],
             "missing": [
@@ -210,6 +242,8 @@ class Heartbeat(threading.Thread):
 
 _registry: Registry | None = None
 _heartbeat: Heartbeat | None = None
+_batcher: MicroBatcher | None = None
+_consumed_queues: tuple[str, ...] = ()  # set at worker_init, inherited by forked pool children
 _lock = threading.Lock()
 
 
@@ -219,12 +253,39 @@ def get_registry() -> Registry:
     with _lock:
         if _registry is None:
             settings = get_settings()
-            registry = Registry(settings)
+            registry = Registry(settings, queues=_consumed_queues)
             registry.load()
             _registry = registry
             _heartbeat = Heartbeat(registry, settings)
             _heartbeat.start()
         return _registry
+
+
+def get_batcher() -> MicroBatcher:
+    """This process's micro-batcher (one inference thread); batches of one when MICRO_BATCH is off."""
+    global _batcher
+    with _lock:
+        if _batcher is None:
+            settings = get_settings()
+            wait_s = settings.batch_wait_ms / 1000 if settings.micro_batch else 0.0
+            _batcher = MicroBatcher(wait_s, wait_alone=settings.batch_wait_always, name="micro-batcher")
+        return _batcher
+
+
+def batch_limit(kind: str) -> int:
+    """Rows per batched forward pass for ``kind`` ("faces" or "classify"); 1 when batching is off."""
+    settings = get_settings()
+    if not settings.micro_batch:
+        return 1
+    return settings.batch_max_faces if kind == "faces" else settings.batch_max_classify
+
+
+def consumed_queues(worker: Any) -> tuple[str, ...]:
+    """The queues a Celery worker consumes, once ``-Q`` has been applied."""
+    try:
+        return tuple(sorted(worker.app.amqp.queues.consume_from))
+    except AttributeError:  # not a worker (a test, or another sender)
+        return ()
 
 
 @worker_process_init.connect
@@ -234,6 +295,8 @@ def _load_in_child(**_: Any) -> None:
 
 @worker_init.connect
 def _load_without_fork(sender: Any = None, **_: Any) -> None:
+    global _consumed_queues
+    _consumed_queues = consumed_queues(sender)
     # Pools that do not fork (solo, threads) never send worker_process_init.
     pool = getattr(sender, "pool_cls", None)
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
@@ -246,3 +309,5 @@ def _load_without_fork(sender: Any = None, **_: Any) -> None:
 def _deregister(**_: Any) -> None:
     if _heartbeat is not None:
         _heartbeat.stop()
+    if _batcher is not None:
+        _batcher.close()

@@ -9,18 +9,20 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
-from models.pipelines import digits_from_pil
+from models.pipelines import DannClassifier, FacePipeline, digits_from_pil
+from models.scheduler import SamplingConfig
 
+from .batching import Batched, MicroBatcher
 from .protocol import FRAME_TIMESTEPS, FRAMES_STRIP_NAME, GRID_NAME, frame_name
-from .registry import LoadedModel, default_guidance
+from .registry import LoadedModel
 from .storage import JobFiles
 
 FACES_PER_ROW = 8  # the report's 32-face figure is 4 rows of 8
-DEFAULT_DDIM_STEPS = 25
 CLASSIFY_BATCH = 256
 Progress = Callable[[int, int], None]
 
@@ -35,13 +37,57 @@ def _generator(model: LoadedModel, seed: int) -> torch.Generator:
     return torch.Generator(device=model.device).manual_seed(seed)
 
 
-def generate_faces(model: LoadedModel, files: JobFiles, *, variant: str, n: int, seed: int | None) -> dict[str, Any]:
+def decode_faces(pipeline: FacePipeline, latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """One forward pass over the latents of several requests; each gets its own faces back."""
+    images = pipeline.decode(torch.cat(list(latents))).images
+    return list(images.split([z.shape[0] for z in latents]))
+
+
+def classify_batch(pipeline: DannClassifier, max_rows: int, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Class probabilities for the images of several requests, at most ``max_rows`` per forward pass."""
+    images = torch.cat(list(inputs))
+    probabilities = [pipeline(chunk).probabilities for chunk in images.split(max(max_rows, 1))]
+    probs = torch.cat(probabilities) if probabilities else torch.empty(0, 10)
+    return list(probs.split([x.shape[0] for x in inputs]))
+
+
+def _batch_info(done: Batched | None, rows: int) -> dict[str, int]:
+    """Which forward pass a request shared: how many requests and images were in it."""
+    return {"requests": done.requests, "images": done.rows} if done else {"requests": 1, "images": rows}
+
+
+def generate_faces(
+    model: LoadedModel,
+    files: JobFiles,
+    *,
+    variant: str,
+    n: int,
+    seed: int | None,
+    batcher: MicroBatcher | None = None,
+    max_batch: int = 1,
+) -> dict[str, Any]:
+    """``n`` faces from ``seed``; with a ``batcher``, the forward pass may be shared with other requests.
+
+    The noise is always drawn from this request's own generator, so a seed gives
+    the same faces whether the request ran alone or in a batch.
+    """
     seed = draw_seed() if seed is None else seed
+    pipeline: FacePipeline = model.pipeline  # type: ignore[assignment]
     started = time.perf_counter()
-    images = model.pipeline(n, generator=_generator(model, seed)).images  # type: ignore[call-arg]
+    done = None
+    if batcher is None:
+        images = pipeline(n, generator=_generator(model, seed)).images
+    else:
+        with batcher.expecting():
+            z = pipeline.noise(n, generator=_generator(model, seed))
+            done = batcher.submit(model.role, z, partial(decode_faces, pipeline), size=n, max_size=max_batch)
+        images = done.value
     compute_s = time.perf_counter() - started
     names = files.save_images([f"face_{i:03d}.png" for i in range(n)], images)
-    files.save_grid(GRID_NAME, images, nrow=FACES_PER_ROW)
+    if n == 1:
+        files.link(GRID_NAME, names[0])  # a grid of one image is that image (make_grid adds no border)
+    else:
+        files.save_grid(GRID_NAME, images, nrow=FACES_PER_ROW)
     return {
         "kind": "faces",
         "model": variant,
@@ -52,6 +98,7 @@ def generate_faces(model: LoadedModel, files: JobFiles, *, variant: str, n: int,
         "grid": GRID_NAME,
         "device": model.device,
         "compute_s": round(compute_s, 4),
+        "batch": _batch_info(done, n),
     }
 
 
@@ -62,26 +109,33 @@ def generate_digits(
     labels: Sequence[int],
     n: int,
     seed: int | None,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    guidance_interval: Sequence[int] | None = None,
     frames: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """``n`` digits of each of ``labels``, one grid row per label."""
+    """``n`` digits of each of ``labels``, one grid row per label.
+
+    What the request leaves out comes from the model card's recommended sampling
+    configuration (``SamplingConfig.card_default``).
+    """
     seed = draw_seed() if seed is None else seed
-    if sampler == "ddim" and steps is None:
-        steps = int(model.card.get("sampling", {}).get("few_step_steps", DEFAULT_DDIM_STEPS))
-    if sampler == "ddpm":
-        steps = None  # ancestral sampling always runs every training step
-    guidance = default_guidance(model.card) if guidance is None else guidance
+    config = SamplingConfig.card_default(model.card).override(
+        sampler=sampler,
+        steps=steps,
+        guidance_scale=guidance,
+        guidance_interval=tuple(guidance_interval) if guidance_interval else None,  # type: ignore[arg-type]
+    )
     per_image = [label for label in labels for _ in range(n)]
     started = time.perf_counter()
     out = model.pipeline(  # type: ignore[call-arg]
         per_image,
-        sampler=sampler,
-        steps=steps,
-        guidance_scale=guidance,
+        sampler=config.sampler,
+        steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        guidance_interval=config.guidance_interval,
         generator=_generator(model, seed),
         frame_timesteps=FRAME_TIMESTEPS if frames else (),
         callback=progress,
@@ -104,9 +158,11 @@ def generate_digits(
         "labels": list(labels),
         "n": n,
         "seed": seed,
-        "sampler": sampler,
-        "steps": steps if steps is not None else model.card.get("schedule", {}).get("num_train_timesteps", 400),
-        "guidance": guidance,
+        "sampler": config.sampler,
+        "steps": config.steps or model.card.get("schedule", {}).get("num_train_timesteps", 400),
+        "guidance": config.guidance_scale,
+        "guidance_interval": list(config.guidance_interval) if config.guidance_interval else None,
+        "nfe": out.nfe,
         "images": names,
         "grid": GRID_NAME,
         "frames": frame_files,
@@ -117,20 +173,40 @@ def generate_digits(
 
 
 def classify_digits(
-    model: LoadedModel, files: JobFiles, *, target: str, inputs: Sequence[str], names: Sequence[str]
+    model: LoadedModel,
+    files: JobFiles,
+    *,
+    target: str,
+    inputs: Sequence[str],
+    names: Sequence[str],
+    batcher: MicroBatcher | None = None,
+    max_batch: int = CLASSIFY_BATCH,
+    chunk: int = CLASSIFY_BATCH,
 ) -> dict[str, Any]:
+    """Label and class probabilities per uploaded image; with a ``batcher``, the forward
+    pass may be shared with other requests' images (each image is classified on its own).
+
+    ``max_batch`` bounds the images gathered from several requests, ``chunk`` the
+    images per forward pass (a large request is split, batched or not)."""
     if len(inputs) != len(names):
         raise ValueError(f"{len(inputs)} inputs but {len(names)} names")
+    pipeline: DannClassifier = model.pipeline  # type: ignore[assignment]
     started = time.perf_counter()
-    probabilities = []
-    for start in range(0, len(inputs), CLASSIFY_BATCH):
-        batch = digits_from_pil(files.load_inputs(inputs[start : start + CLASSIFY_BATCH]))
-        probabilities.append(model.pipeline(batch).probabilities)  # type: ignore[call-arg,arg-type]
-    probs = torch.cat(probabilities) if probabilities else torch.empty(0, 10)
+    done = None
+    if batcher is None:
+        images = digits_from_pil(files.load_inputs(inputs)) if inputs else torch.empty(0, 3, 28, 28)
+        probs = classify_batch(pipeline, chunk, [images])[0]
+    else:
+        with batcher.expecting():
+            # Decoding the uploads happens here, in this job's thread, in parallel with other jobs.
+            images = digits_from_pil(files.load_inputs(inputs)) if inputs else torch.empty(0, 3, 28, 28)
+            run = partial(classify_batch, pipeline, chunk)
+            done = batcher.submit(model.role, images, run, size=len(inputs), max_size=max_batch)
+        probs = done.value
     compute_s = time.perf_counter() - started
     predictions = [
-        {"image_name": name, "label": int(row.argmax()), "probabilities": [round(float(p), 6) for p in row]}
-        for name, row in zip(names, probs, strict=True)
+        {"image_name": name, "label": label, "probabilities": [round(p, 6) for p in row]}
+        for name, label, row in zip(names, probs.argmax(dim=1).tolist(), probs.tolist(), strict=True)
     ]
     return {
         "kind": "classify",
@@ -139,4 +215,5 @@ def classify_digits(
         "predictions": predictions,
         "device": model.device,
         "compute_s": round(compute_s, 4),
+        "batch": _batch_info(done, len(inputs)),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +23,19 @@ from .protocol import INPUTS_DIR, JOB_ID_RE
 
 log = logging.getLogger(__name__)
 
+# zlib level 1: a 32-face grid encodes in ~16 ms instead of ~19 ms at level 3
+# (~29 ms at 6) for files 0.5% larger; a single 64x64 face costs ~0.4 ms at any level.
+PNG_COMPRESS_LEVEL = 1
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) float in [0, 1] -> (..., H, W, 3) uint8, the layout PIL reads."""
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8).movedim(-3, -1).contiguous()
+
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) float in [0, 1] -> RGB PIL image."""
-    array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return Image.fromarray(array)
+    return Image.fromarray(to_uint8(image).numpy())
 
 
 class JobFiles:
@@ -38,10 +47,14 @@ class JobFiles:
             raise ValueError(f"job id {job_id!r} is not 32 lowercase hex digits")
         self.dir = Path(results_dir) / job_id
 
+    def _tmp(self, name: str) -> Path:
+        # Per process and thread: a threads-pool worker runs many jobs in one process.
+        return self.dir / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+
     def _write(self, name: str, image: Image.Image) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{name}.{os.getpid()}.tmp"
-        image.save(tmp, format="PNG", compress_level=3)
+        tmp = self._tmp(name)
+        image.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         tmp.replace(self.dir / name)
         return name
 
@@ -49,7 +62,19 @@ class JobFiles:
         return self._write(name, to_pil(image))
 
     def save_images(self, names: Sequence[str], images: torch.Tensor) -> list[str]:
-        return [self.save_image(name, image) for name, image in zip(names, images, strict=True)]
+        arrays = to_uint8(images).numpy()  # one conversion for the whole batch
+        return [self._write(name, Image.fromarray(array)) for name, array in zip(names, arrays, strict=True)]
+
+    def link(self, name: str, existing: str) -> str:
+        """Give the file ``existing`` a second name, without encoding it again."""
+        tmp = self._tmp(name)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.dir / existing, tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(self.dir / existing, tmp)
+        tmp.replace(self.dir / name)
+        return name
 
     def save_grid(self, name: str, images: torch.Tensor, nrow: int, padding: int = 2) -> str:
         return self.save_image(name, make_grid(images, nrow=nrow, padding=padding, pad_value=1.0))

@@ -16,7 +16,7 @@ from . import runners
 from .celery_app import app
 from .config import get_settings
 from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
-from .registry import get_registry
+from .registry import batch_limit, get_batcher, get_registry
 from .storage import JobFiles
 
 PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step speed
@@ -26,10 +26,14 @@ def _files(task: Task) -> JobFiles:
     return JobFiles(get_settings().results_dir, task.request.id)
 
 
-@app.task(bind=True, name=TASK_FACES)
+# The small tasks do not report STARTED: they finish within milliseconds, and the
+# extra state write would wake every waiting request once more for nothing.
+@app.task(bind=True, name=TASK_FACES, track_started=False)
 def generate_faces(self: Task, *, model: str, n: int, seed: int | None = None) -> dict[str, Any]:
     loaded = get_registry().get(FACE_ROLES[model])
-    return runners.generate_faces(loaded, _files(self), variant=model, n=n, seed=seed)
+    return runners.generate_faces(
+        loaded, _files(self), variant=model, n=n, seed=seed, batcher=get_batcher(), max_batch=batch_limit("faces")
+    )
 
 
 @app.task(bind=True, name=TASK_DIGITS)
@@ -39,9 +43,10 @@ def generate_digits(
     labels: list[int],
     n: int,
     seed: int | None = None,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    guidance_interval: list[int] | None = None,
     frames: bool = False,
 ) -> dict[str, Any]:
     loaded = get_registry().get(DIGIT_ROLE)
@@ -63,12 +68,22 @@ def generate_digits(
         sampler=sampler,
         steps=steps,
         guidance=guidance,
+        guidance_interval=guidance_interval,
         frames=frames,
         progress=progress,
     )
 
 
-@app.task(bind=True, name=TASK_CLASSIFY)
+@app.task(bind=True, name=TASK_CLASSIFY, track_started=False)
 def classify_digits(self: Task, *, target: str, inputs: list[str], names: list[str]) -> dict[str, Any]:
     loaded = get_registry().get(CLASSIFY_ROLES[target])
-    return runners.classify_digits(loaded, _files(self), target=target, inputs=inputs, names=names)
+    return runners.classify_digits(
+        loaded,
+        _files(self),
+        target=target,
+        inputs=inputs,
+        names=names,
+        batcher=get_batcher(),
+        max_batch=batch_limit("classify"),
+        chunk=get_settings().batch_max_classify,
+    )

@@ -24,10 +24,14 @@ router = APIRouter(prefix="/generate", tags=["generate"])
     description=(
         "Samples `n` MNIST-M-style digits of `label` (absent: `n` of every digit, a grid row per label, "
         "the report's 10x10 figure) from the class-conditional diffusion model. `frames=true` adds the "
-        "reverse process of the first image at t = 400, 320, 240, 160, 80, 0.\n\n"
+        "reverse process of the first image at t = 400, 320, 240, 160, 80, 0 (for a few-step sampler, the nearest "
+        "step it visits).\n\n"
+        "By default the digits come from the model's recommended few-step configuration (`GET /models` shows it; "
+        "`sampler`, `steps`, `guidance` and `guidance_from`/`guidance_to` override it).\n\n"
         "A diffusion job reports its progress: if it is not done within `wait`, the answer is `202` and "
         "`GET /jobs/{id}` shows `progress.step` of `progress.total`.\n\n"
         "```\ncurl -X POST 'localhost:8000/generate/digits?label=3&n=10&frames=true'\n"
+        "curl -X POST 'localhost:8000/generate/digits?label=3&sampler=ddpm&wait=0'\n"
         "curl -X POST 'localhost:8000/generate/digits?seed=1' -H 'Accept: image/png' -o digits.png\n```"
     ),
     responses={
@@ -62,6 +66,7 @@ async def generate_digits(
         "sampler": query.sampler,
         "steps": query.steps,
         "guidance": query.guidance,
+        "guidance_interval": query.guidance_interval,
         "frames": query.frames,
     }
     record = await jobs.submit(JobKind.digits, TASK_DIGITS, kwargs=params, params=params)

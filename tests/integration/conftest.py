@@ -1,8 +1,8 @@
 """Session fixtures: one redis-server on a free port and the service stacks on it (see ``stack.py``).
 
-- ``service``: a worker on freshly initialised small networks in a tmp checkpoint
-  folder: every route, job and error path, without trained weights;
-- ``trained_service``: a worker on the shipped ``checkpoints/`` (or
+- ``service``: the workers (one per queue) on freshly initialised small networks in
+  a tmp checkpoint folder: every route, job and error path, without trained weights;
+- ``trained_service``: the workers on the shipped ``checkpoints/`` (or
   ``$SERVICE_CHECKPOINT_DIR``) for the content checks; skipped when they are absent.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from api.launcher import RedisServer
+from api.processes import RedisServer
 
 from .stack import PLUMBING_LIMITS, REPO, SERVED, Stack, start_stack, write_plumbing_checkpoints
 

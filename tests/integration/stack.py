@@ -1,8 +1,9 @@
-"""Starting the service for the end-to-end tests: a real Celery worker process and uvicorn over HTTP.
+"""Starting the service for the end-to-end tests: real Celery worker processes and uvicorn over HTTP.
 
 Each ``Stack`` is one API (uvicorn in a thread of the test process, real HTTP)
-and one worker (a separate ``celery worker`` process, prefork pool) on one Redis
-database; stacks on different databases keep their queues and results apart.
+and the workers ``make run`` starts (one per queue, ``api.stack.worker_specs``,
+as separate ``celery worker`` processes) on one Redis database; stacks on
+different databases keep their queues and results apart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -21,13 +22,13 @@ import redis
 import uvicorn
 
 from api.config import Settings
-from api.launcher import RedisServer, free_port, spawn, stop, worker_command
 from api.main import create_app
-from workers.protocol import WORKERS_INDEX_KEY
+from api.processes import RedisServer, free_port
+from api.stack import LocalStack, worker_specs
+from workers.protocol import QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 SERVED = ("dcgan-A", "dcgan-B", "ddpm-digits", "dann-svhn", "dann-usps")
-WORKER_START_TIMEOUT_S = 180
 PLUMBING_T = 40  # diffusion timesteps of the untrained test model
 
 # Small limits, so the bad-input tests send small bodies.
@@ -91,8 +92,12 @@ class Stack:
     redis_url: str
     results_dir: Path
     checkpoint_dir: Path
-    worker: subprocess.Popen
-    worker_log: Path
+    processes: LocalStack
+    logs: dict[str, Path] = field(default_factory=dict)  # queue -> its worker's log
+
+    @property
+    def workers(self) -> dict[str, subprocess.Popen]:
+        return self.processes.workers
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
@@ -103,22 +108,17 @@ class _Server(uvicorn.Server):
         pass
 
 
-def _wait_for_worker(redis_url: str, worker: subprocess.Popen, log: Path) -> None:
-    client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.returncode}:\n{log.read_text()[-3000:]}")
-        if client.zcard(WORKERS_INDEX_KEY):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"no worker registered within {WORKER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
 def start_stack(
-    redis_server: RedisServer, db: int, checkpoint_dir: Path, root: Path, **limits: object
+    redis_server: RedisServer,
+    db: int,
+    checkpoint_dir: Path,
+    root: Path,
+    *,
+    queues: tuple[str, ...] = QUEUES,
+    worker_env: dict[str, str] | None = None,
+    **limits: object,
 ) -> Iterator[Stack]:
-    """Start a worker and an API on database ``db``; yields the stack, then stops both."""
+    """Start the workers of ``queues`` and an API on database ``db``; yields the stack, then stops them."""
     redis_url = f"redis://127.0.0.1:{redis_server.port}/{db}"
     results_dir = root / "results"
     env = {
@@ -127,14 +127,15 @@ def start_stack(
         "CHECKPOINT_DIR": str(checkpoint_dir),
         "RESULTS_DIR": str(results_dir),
         "DEVICE": "cpu",
-        # One thread: on a shared CI CPU, competing OpenMP pools slow each other down badly.
-        "TORCH_THREADS": "1",
         "HEARTBEAT_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
+        **(worker_env or {}),
     }
-    log = root / "worker.log"
-    with log.open("wb") as sink:
-        worker = spawn(worker_command(name=f"db{db}@%h"), env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+    processes = LocalStack(env, log_dir=root, name_prefix=f"db{db}-")
+    # One torch thread each: on a shared CI CPU, competing OpenMP pools slow each other down badly.
+    for spec in worker_specs(torch_threads=1):
+        if spec.queue in queues:
+            processes.start_worker(spec)
     server = thread = None
     try:
         settings = Settings(
@@ -149,13 +150,14 @@ def start_stack(
             if time.monotonic() > deadline or not thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.05)
-        _wait_for_worker(redis_url, worker, log)
+        processes.wait_for_workers()
         base_url = f"http://127.0.0.1:{port}"
+        logs = {queue: processes.log_path(f"worker-{queue}") for queue in processes.workers}
         with httpx.Client(base_url=base_url, timeout=180) as client:
-            yield Stack(client, base_url, redis_url, results_dir, checkpoint_dir, worker, log)
+            yield Stack(client, base_url, redis_url, results_dir, checkpoint_dir, processes, logs)  # type: ignore[arg-type]
     finally:
         if server is not None:
             server.should_exit = True
         if thread is not None:
             thread.join(10)
-        stop(worker, timeout=20)
+        processes.stop()

@@ -112,7 +112,13 @@ PARAMETER_CASES = {
     "misspelt parameter": ("/generate/digits", {"lable": 3}, ["'lable'", "not a parameter"]),
     "too many digits": ("/generate/digits", {"n": 11}, ["110 images", "MAX_DIGIT_IMAGES"]),
     "steps with ddpm": ("/generate/digits", {"sampler": "ddpm", "steps": 10}, ["steps", "ddim"]),
-    "unknown sampler": ("/generate/digits", {"sampler": "euler"}, ["'sampler'", "'ddpm' or 'ddim'"]),
+    "unknown sampler": ("/generate/digits", {"sampler": "euler"}, ["'sampler'", "'ddim'", "'unipc'"]),
+    "half a guidance interval": ("/generate/digits", {"guidance_from": 50}, ["guidance_from", "guidance_to"]),
+    "empty guidance interval": (
+        "/generate/digits",
+        {"guidance_from": 300, "guidance_to": 100},
+        ["guidance_from=300", "empty"],
+    ),
     "more steps than the model has": (
         "/generate/digits",
         {"label": 1, "steps": 100},
@@ -148,4 +154,4 @@ def test_the_service_keeps_serving_after_all_that(service: Stack) -> None:
     assert service.client.get("/readyz").status_code == 200
     response = service.client.post(CLASSIFY, files=files_field([("ok.png", GOOD, "image/png")]))
     assert response.status_code == 200 and response.json()["status"] == "succeeded"
-    assert service.worker.poll() is None
+    assert all(worker.poll() is None for worker in service.workers.values())

@@ -62,13 +62,16 @@ def test_files_of_a_finished_job(service: Stack) -> None:
     assert not_classify.status_code == 404 and "only classification jobs" in not_classify.json()["detail"]
 
 
-def test_models_lists_what_the_worker_loaded_from_the_cards(service: Stack) -> None:
-    workers = service.client.get("/models").json()["workers"]
-    assert len(workers) == 1
-    worker = workers[0]
-    assert worker["device"] == "cpu" and worker["missing"] == []
-    assert worker["checkpoint_dir"] == str(service.checkpoint_dir)
-    models = {m["role"]: m for m in worker["models"]}
+def test_models_lists_what_the_workers_loaded_from_the_cards(service: Stack) -> None:
+    workers = {tuple(w["queues"]): w for w in service.client.get("/models").json()["workers"]}
+    # One worker per queue, each holding only the models of its queue's jobs.
+    assert set(workers) == {("small",), ("diffusion",)}
+    for worker in workers.values():
+        assert worker["device"] == "cpu" and worker["missing"] == []
+        assert worker["checkpoint_dir"] == str(service.checkpoint_dir)
+    assert [m["role"] for m in workers[("diffusion",)]["models"]] == ["digits"]
+    assert {m["role"] for m in workers[("small",)]["models"]} == {"faces:A", "faces:B", "classify:svhn", "classify:usps"}
+    models = {m["role"]: m for w in workers.values() for m in w["models"]}
     assert set(models) == {"faces:A", "faces:B", "digits", "classify:svhn", "classify:usps"}
     assert models["faces:A"]["name"] == "dcgan-A" and models["faces:A"]["kind"] == "dcgan-generator"
     assert models["faces:A"]["hardware"] == "none (untrained)"

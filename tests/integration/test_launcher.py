@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.launcher import free_port
+from api.processes import free_port
 
 from .helpers import open_png
 from .stack import REPO
@@ -56,12 +56,13 @@ def test_launcher_serves_and_stops_everything_on_ctrl_c(tmp_path: Path, plumbing
             line = launcher.stdout.readline()
             assert line, "launcher exited early:\n" + "".join(lines)
             lines.append(line)
-            if "ready: worker up" in line:
+            if "ready: workers up" in line:
                 break
         output = "".join(lines)
         assert f"http://localhost:{port}/docs" in output
         pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
-        assert len(pids) == 3, output  # redis-server, worker, uvicorn
+        assert len(pids) == 4, output  # redis-server, a worker per queue, uvicorn
+        assert "worker for the 'small' queue" in output and "worker for the 'diffusion' queue" in output
 
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             response = client.post("/generate/faces", headers={"Accept": "image/png"})

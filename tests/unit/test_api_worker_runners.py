@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,6 +19,7 @@ from models.dcgan import DCGANConfig, Generator
 from models.scheduler import NoiseScheduleConfig
 from models.unet import ConditionalUNet, UNetConfig
 from workers import runners
+from workers.batching import MicroBatcher
 from workers.config import WorkerSettings
 from workers.protocol import INPUTS_DIR
 from workers.registry import SERVED, ModelUnavailable, Registry
@@ -133,3 +136,102 @@ def test_prune_removes_expired_job_folders_only(tmp_path: Path) -> None:
     os.utime(other, (past, past))
     assert prune_expired(tmp_path, older_than_s=3600) == 1
     assert not old.exists() and new.exists() and other.exists()
+
+
+def test_a_worker_loads_only_the_models_of_its_queues(registry: Registry, tmp_path: Path) -> None:
+    directory = registry.settings.checkpoint_dir
+    small = Registry(WorkerSettings(_env_file=None, checkpoint_dir=directory, device="cpu", worker_queues="small"))
+    small.load()
+    assert set(small.models) == {"faces:A", "faces:B", "classify:svhn", "classify:usps"} and small.missing == {}
+    assert small.describe()["queues"] == ["small"]
+    with pytest.raises(ModelUnavailable, match="'diffusion'"):
+        small.get("digits")
+    # The queues a worker really consumes (its -Q) win over WORKER_QUEUES.
+    diffusion = Registry(WorkerSettings(_env_file=None, checkpoint_dir=tmp_path, device="cpu"), queues=("diffusion",))
+    diffusion.load()
+    assert set(diffusion.missing) == {"digits"}  # nothing in tmp_path, and only the UNet was wanted
+    with pytest.raises(ValueError, match="one of small, diffusion"):
+        WorkerSettings(_env_file=None, worker_queues="small,gpu")
+
+
+def _pixels(files: JobFiles, names: list[str]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.array(Image.open(files.dir / name))) for name in names]).int()
+
+
+def _concurrently(jobs: list, batcher: MicroBatcher) -> list[dict]:
+    """Run ``jobs`` (callables taking the batcher) in threads that start together, as a threads-pool worker would."""
+    barrier = threading.Barrier(len(jobs))
+    results: list[dict] = [{}] * len(jobs)
+
+    def run(index: int) -> None:
+        with batcher.expecting():  # all announced before any submits: they must share a batch
+            barrier.wait()
+            results[index] = jobs[index](batcher)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results
+
+
+def test_batched_faces_are_the_faces_of_each_seed_alone(registry: Registry, tmp_path: Path) -> None:
+    model = registry.get("faces:B")
+    seeds, sizes = [3, 4, 5, 6], [1, 2, 1, 3]
+    alone = [
+        runners.generate_faces(model, JobFiles(tmp_path / "alone", f"{i:032x}"), variant="B", n=n, seed=seed)
+        for i, (seed, n) in enumerate(zip(seeds, sizes))
+    ]
+    batcher = MicroBatcher(max_wait_s=2.0)
+    jobs = [
+        lambda b, i=i, seed=seed, n=n: runners.generate_faces(
+            model, JobFiles(tmp_path / "batched", f"{i:032x}"), variant="B", n=n, seed=seed, batcher=b, max_batch=64
+        )
+        for i, (seed, n) in enumerate(zip(seeds, sizes))
+    ]
+    batched = _concurrently(jobs, batcher)
+    batcher.close()
+    assert max(r["batch"]["requests"] for r in batched) > 1, batched  # they did share forward passes
+    assert all(r["batch"] == {"requests": 1, "images": n} for r, n in zip(alone, sizes))
+    for i, (one, many) in enumerate(zip(alone, batched)):
+        assert one["images"] == many["images"] and one["seed"] == many["seed"]
+        a = _pixels(JobFiles(tmp_path / "alone", f"{i:032x}"), one["images"])
+        b = _pixels(JobFiles(tmp_path / "batched", f"{i:032x}"), many["images"])
+        assert (a - b).abs().max() <= 1
+
+
+def test_a_one_face_grid_is_the_face_itself(registry: Registry, tmp_path: Path) -> None:
+    files = JobFiles(tmp_path, JOB)
+    runners.generate_faces(registry.get("faces:A"), files, variant="A", n=1, seed=1)
+    assert (files.dir / "grid.png").read_bytes() == (files.dir / "face_000.png").read_bytes()
+    assert (files.dir / "grid.png").stat().st_ino == (files.dir / "face_000.png").stat().st_ino  # one encode
+
+
+def test_batched_classification_is_each_request_alone(registry: Registry, tmp_path: Path) -> None:
+    model = registry.get("classify:svhn")
+    generator = torch.Generator().manual_seed(0)
+    counts = [1, 3, 2, 5]
+    for i, count in enumerate(counts):
+        inputs = JobFiles(tmp_path, f"{i:032x}").dir / INPUTS_DIR
+        inputs.mkdir(parents=True)
+        for k in range(count):
+            pixels = (torch.rand(20, 20, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(inputs / f"{k}.png")
+
+    def job(i: int, batcher: MicroBatcher | None) -> dict:
+        names = [f"{k}.png" for k in range(counts[i])]
+        files = JobFiles(tmp_path, f"{i:032x}")
+        return runners.classify_digits(
+            model, files, target="svhn", inputs=names, names=names, batcher=batcher, max_batch=64, chunk=4
+        )
+
+    alone = [job(i, None) for i in range(len(counts))]
+    batcher = MicroBatcher(max_wait_s=2.0)
+    batched = _concurrently([lambda b, i=i: job(i, b) for i in range(len(counts))], batcher)
+    batcher.close()
+    assert max(r["batch"]["requests"] for r in batched) > 1
+    for one, many in zip(alone, batched):
+        assert [p["label"] for p in one["predictions"]] == [p["label"] for p in many["predictions"]]
+        for p, q in zip(one["predictions"], many["predictions"]):
+            assert max(abs(x - y) for x, y in zip(p["probabilities"], q["probabilities"])) < 1e-5

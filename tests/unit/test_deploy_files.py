@@ -12,7 +12,11 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from api.stack import worker_specs
+from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUES
+
 REPO = Path(__file__).resolve().parents[2]
+WORKERS = {f"worker-{queue}": queue for queue in QUEUES}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +44,18 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
     return mounts
 
 
-def test_three_services_with_health_checks(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "api", "worker"}
+def _option(command: list[str], flag: str) -> str:
+    """The value of ``--flag=value`` or ``flag value`` in a command list."""
+    for i, part in enumerate(command):
+        if part.startswith(f"{flag}="):
+            return part.split("=", 1)[1]
+        if part == flag:
+            return command[i + 1]
+    raise AssertionError(f"{flag} not in {command}")
+
+
+def test_redis_api_and_a_worker_per_queue_with_health_checks(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {"redis", "api", *WORKERS}
     for name, service in compose["services"].items():
         check = service.get("healthcheck", {})
         assert check.get("test"), f"{name} has no health check"
@@ -58,10 +72,12 @@ def test_redis_persists_to_a_named_volume(compose: dict[str, Any]) -> None:
     assert "redis-cli" in redis["healthcheck"]["test"]
 
 
-def test_api_and_worker_share_one_image_and_wait_for_redis(compose: dict[str, Any]) -> None:
-    api, worker = compose["services"]["api"], compose["services"]["worker"]
-    assert api["build"] == worker["build"] and api["build"]["context"] == "."
-    for service in (api, worker):
+def test_api_and_workers_share_one_image_and_wait_for_redis(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    for name in WORKERS:
+        worker = compose["services"][name]
+        assert api["build"] == worker["build"] and api["build"]["context"] == "."
+    for service in (api, *(compose["services"][name] for name in WORKERS)):
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         assert _env(service)["REDIS_URL"].startswith("redis://redis:6379")
 
@@ -75,25 +91,39 @@ def test_api_serves_the_app_on_port_8000(compose: dict[str, Any]) -> None:
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
 
-def test_worker_is_a_prefork_celery_worker_with_a_gpu(compose: dict[str, Any]) -> None:
-    worker = compose["services"]["worker"]
+@pytest.mark.parametrize("name, queue", sorted(WORKERS.items()))
+def test_each_worker_consumes_its_queue_as_make_run_starts_it(compose: dict[str, Any], name: str, queue: str) -> None:
+    worker = compose["services"][name]
     command = worker["command"]
     assert command[:4] == ["celery", "-A", "workers.celery_app", "worker"]
-    assert "--pool=prefork" in command and "--concurrency=1" in command
-    assert _env(worker)["DEVICE"] == "cuda"
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert _option(command, "-Q") == _env(worker)["WORKER_QUEUES"] == queue
+    spec = next(spec for spec in worker_specs() if spec.queue == queue)  # what `make run` starts
+    assert _option(command, "--pool") == spec.pool
+    assert _option(command, "--concurrency") == str(spec.concurrency)
+    assert _option(command, "-n").startswith(f"{queue}@")
+    assert f"-d {queue}@$$HOSTNAME" in " ".join(worker["healthcheck"]["test"])  # the name it runs under
     assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
 
 
+def test_the_gpu_is_reserved_for_the_diffusion_worker(compose: dict[str, Any]) -> None:
+    diffusion = compose["services"][f"worker-{QUEUE_DIFFUSION}"]
+    assert _env(diffusion)["DEVICE"] == "cuda"
+    devices = diffusion["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert "--concurrency=1" in diffusion["command"]
+    small = compose["services"][f"worker-{QUEUE_SMALL}"]
+    assert "deploy" not in small and _env(small)["DEVICE"] == "cpu"
+    assert _env(small)["MICRO_BATCH"] == "true"
+
+
 def test_results_are_shared_and_checkpoints_read_only(compose: dict[str, Any]) -> None:
-    api, worker = compose["services"]["api"], compose["services"]["worker"]
+    api = compose["services"]["api"]
     results = _env(api)["RESULTS_DIR"]
-    assert _env(worker)["RESULTS_DIR"] == results
-    assert _mounts(api)[results] == _mounts(worker)[results] == "results"
-    assert "results" in compose["volumes"]
-    checkpoints = _env(worker)["CHECKPOINT_DIR"]
-    assert _mounts(worker)[checkpoints] == "./checkpoints:ro"
+    assert _mounts(api)[results] == "results" and "results" in compose["volumes"]
+    for name in WORKERS:
+        worker = compose["services"][name]
+        assert _env(worker)["RESULTS_DIR"] == results and _mounts(worker)[results] == "results"
+        assert _mounts(worker)[_env(worker)["CHECKPOINT_DIR"]] == "./checkpoints:ro"
 
 
 def test_dockerfile_is_multi_stage(dockerfile: DockerfileParser) -> None:

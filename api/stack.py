@@ -1,0 +1,186 @@
+"""The service as local child processes: one Celery worker per queue, and uvicorn.
+
+``python -m api.launcher`` (``make run``), the end-to-end tests and
+``python -m bench`` start the workers from here, with the same commands, so the
+tests and the benchmark exercise what ``make run`` runs (and what
+``docker-compose.yml`` mirrors: a worker service per queue).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal, Self
+
+import redis
+
+from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, WORKERS_INDEX_KEY, worker_key
+
+from .config import REPO
+from .processes import free_port, http_ok, spawn, stop, wait_for
+
+# Jobs in flight in the small-model worker (threads pool): a batch can only
+# gather the requests that are running at once, so this bounds its size in requests.
+SMALL_WORKER_THREADS = 32
+WORKER_START_TIMEOUT_S = 180
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One Celery worker process: the queue it consumes, its pool and its torch threads."""
+
+    queue: str
+    pool: Literal["prefork", "threads"]
+    concurrency: int
+    torch_threads: int | None = None  # None: torch's default, every core
+
+    def command(self, *, name: str | None = None, loglevel: str = "INFO") -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            f"--pool={self.pool}", f"--concurrency={self.concurrency}", "-Q", self.queue,
+            f"--loglevel={loglevel}", "-n", name or f"{self.queue}@%h",
+            "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        env = {"WORKER_QUEUES": self.queue}
+        if self.torch_threads:
+            env["TORCH_THREADS"] = str(self.torch_threads)
+        return env
+
+
+def worker_specs(*, cpus: int | None = None, torch_threads: int | None = None) -> list[WorkerSpec]:
+    """One worker per queue, sized for a machine of ``cpus`` cores.
+
+    - diffusion: prefork with one child (models load after the fork, so CUDA stays
+      safe), and every core for torch: one long job at a time, as fast as it goes;
+    - small: the threads pool, so concurrent jobs meet in one process and share
+      forward passes (``workers.batching``), with a quarter of the cores for torch:
+      the networks are small, and the cores stay with the diffusion worker.
+
+    ``torch_threads`` (``TORCH_THREADS``) sets both, e.g. one thread on a shared CI CPU.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return [
+        WorkerSpec(QUEUE_DIFFUSION, "prefork", 1, torch_threads),
+        WorkerSpec(QUEUE_SMALL, "threads", SMALL_WORKER_THREADS, torch_threads or max(1, cpus // 4)),
+    ]
+
+
+def api_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", str(port)]
+
+
+class LocalStack:
+    """Workers (and optionally uvicorn) as child processes on the Redis in ``env["REDIS_URL"]``.
+
+    With ``log_dir`` each child writes ``<log_dir>/<name>.log``; without, they
+    share this process's stdout.
+    """
+
+    def __init__(self, env: Mapping[str, str], *, log_dir: Path | None = None, name_prefix: str = "") -> None:
+        if "REDIS_URL" not in env:
+            raise ValueError("env must set REDIS_URL")
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.name_prefix = name_prefix
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.specs: dict[str, WorkerSpec] = {}
+        self.api: subprocess.Popen | None = None
+        self.base_url: str | None = None
+        self._started: dict[str, float] = {}
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def redis_url(self) -> str:
+        return self.env["REDIS_URL"]
+
+    def log_path(self, name: str) -> Path | None:
+        return self.log_dir / f"{name}.log" if self.log_dir else None
+
+    def _spawn(self, name: str, args: list[str], env: Mapping[str, str]) -> subprocess.Popen:
+        path = self.log_path(name)
+        if path is None:
+            return spawn(args, env=dict(env), cwd=REPO)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink = path.open("ab")
+        self._logs.append(sink)
+        return spawn(args, env=dict(env), cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+
+    def start_worker(self, spec: WorkerSpec, **env: str) -> subprocess.Popen:
+        """Start a worker for ``spec`` (``env`` adds settings, e.g. ``MICRO_BATCH="false"``)."""
+        name = f"{self.name_prefix}{spec.queue}"
+        self._started[spec.queue] = time.time()
+        process = self._spawn(
+            f"worker-{spec.queue}", spec.command(name=f"{name}@%h"), {**self.env, **spec.env(), **env}
+        )
+        self.workers[spec.queue], self.specs[spec.queue] = process, spec
+        return process
+
+    def registered(self, queue: str) -> bool:
+        """Whether a worker process of this stack consuming ``queue`` has registered its models."""
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            ids = client.zrangebyscore(WORKERS_INDEX_KEY, time.time(), "+inf")
+            raw = client.mget([worker_key(i.decode()) for i in ids]) if ids else []
+        finally:
+            client.close()
+        for item in filter(None, raw):
+            payload = json.loads(item)
+            # Started after our spawn: not a registration left by an earlier worker.
+            if queue in payload.get("queues", ()) and payload.get("started_at", 0) >= self._started[queue] - 1:
+                return True
+        return False
+
+    def wait_for_workers(self, queues: Iterable[str] | None = None, timeout: float = WORKER_START_TIMEOUT_S) -> None:
+        for queue in list(queues or self.workers):
+            process = self.workers[queue]
+            try:
+                wait_for(
+                    lambda q=queue: self.registered(q),
+                    timeout,
+                    f"the {queue} worker",
+                    alive=lambda p=process: p.poll() is None,
+                )
+            except (RuntimeError, TimeoutError) as err:
+                raise RuntimeError(f"{err}{self._log_tail(f'worker-{queue}')}") from err
+
+    def start_api(self, host: str = "127.0.0.1", port: int | None = None, *, wait_s: float = 60) -> str:
+        """Start uvicorn; waits up to ``wait_s`` for ``/healthz`` (0: not at all). Returns its base URL."""
+        port = port or free_port(host)
+        self.api = self._spawn("api", api_command(host, port), self.env)
+        self.base_url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
+        if wait_s > 0:
+            api = self.api
+            wait_for(lambda: http_ok(f"{self.base_url}/healthz"), wait_s, "the API", alive=lambda: api.poll() is None)
+        return self.base_url
+
+    def wait_ready(self, timeout: float = WORKER_START_TIMEOUT_S) -> None:
+        """Until ``/readyz`` says every model is loaded by some worker."""
+        assert self.base_url, "start_api first"
+        wait_for(lambda: http_ok(f"{self.base_url}/readyz"), timeout, "readiness (/readyz)")
+
+    def stop(self) -> None:
+        """API first, so nothing new arrives; then the workers (a warm shutdown lets a running job finish, briefly)."""
+        stop(self.api)
+        for process in self.workers.values():
+            stop(process, timeout=20)
+        for sink in self._logs:
+            sink.close()
+        self._logs.clear()
+
+    def _log_tail(self, name: str) -> str:
+        path = self.log_path(name)
+        return f":\n{path.read_text(errors='replace')[-3000:]}" if path and path.is_file() else ""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

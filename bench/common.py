@@ -1,0 +1,60 @@
+"""Helpers the benchmark sections share: timing, percentiles, the machine they ran on."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentiles(samples: Sequence[float]) -> tuple[float, float]:
+    """(p50, p95), p95 by the nearest-rank method (an observed value, never interpolated)."""
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan"), float("nan")
+    rank = max(1, -(-95 * len(ordered) // 100))  # ceil(0.95 n)
+    return statistics.median(ordered), ordered[rank - 1]
+
+
+def timed(fn: Callable[[int], Any], count: int, warmup: int = 1) -> tuple[list[float], list[Any]]:
+    """Call ``fn(i)`` ``count`` times, after ``warmup`` uncounted calls; seconds per call and the outputs."""
+    for i in range(warmup):
+        fn(-1 - i)
+    times, outputs = [], []
+    for i in range(count):
+        start = time.perf_counter()
+        outputs.append(fn(i))
+        times.append(time.perf_counter() - start)
+    return times, outputs
+
+
+def ms(seconds: float) -> float | None:
+    """Milliseconds, rounded; None for no measurement (NaN is not JSON)."""
+    return None if math.isnan(seconds) else round(seconds * 1000, 2)
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: above the CPU count, other work shared the machine."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "load_average_at_end": load_average(),
+    }

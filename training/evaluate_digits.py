@@ -1,0 +1,227 @@
+"""Digits: accuracy, diversity and cost of the diffusion model's samplers, and the choice of the served one.
+
+    python -m training.evaluate digits-sweep --seed 1 --select   # tuning seed: every row of GRID; picks the default
+    python -m training.evaluate digits-sweep --seed 0 [--top 6]  # report seed: the same table (or its best rows), chooses nothing
+    python -m training.evaluate digits                           # the default (and DDPM-400) on the report seed
+
+Accuracy is the project's MNIST-M classifier's on generated digits of each label;
+diversity is the mean pairwise MS-SSIM within a label (``training.diversity``),
+next to the same figure for real MNIST-M val digits; cost is network evaluations
+per image (NFE: a guided step costs two). The default is chosen on the tuning seed
+only, by ``SELECTION_RULE``; the numbers reported for it come from the other seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from models.checkpoints import load_model, read_card, update_metrics, write_card
+from models.loading import DIGIT_MODEL, EVAL_CLASSIFIER, load_pipeline
+from models.pipelines import DigitPipeline
+from models.scheduler import SamplingConfig
+
+from .data.datasets import load_digits
+from .diversity import per_label_msssim
+from .eval_common import classify_uint8, device_of, write_metrics
+
+TUNING_SEED = 1
+REPORT_SEED = 0
+MAX_NFE = 10
+# Fixed before the first sweep ran: how far above real digits' MS-SSIM a default may be.
+MSSSIM_TOLERANCE = 0.05
+# Measured by earlier versions of this command, for configurations the sweep now covers.
+STALE_METRICS = ("eval_classifier_acc_fewstep_noguidance",)
+SELECTION_RULE = (
+    f"highest accuracy among configurations with at most {MAX_NFE} network evaluations per image whose "
+    f"per-label MS-SSIM is at most real MNIST-M val's + {MSSSIM_TOLERANCE}; ties: lower MS-SSIM"
+)
+
+_MULTISTEP = ("dpmpp-2m", "unipc")
+# Limited guidance intervals in paper timesteps, each sized so that its rows stay at <= 10 NFE.
+# (55, 370) is about sigma in (0.28, 5.4], the interval Kynkaanniemi et al. (2024) found best for EDM2.
+_INTERVAL_ROWS = ((5, (55, 370)), (6, (100, 370)), (8, (320, 400)))
+GRID: tuple[SamplingConfig, ...] = (
+    SamplingConfig("ddim", 25, 2.0),  # the default before this sweep
+    *(SamplingConfig(s, 5, 3.0) for s in ("ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")),
+    *(SamplingConfig(s, 10, 3.0) for s in _MULTISTEP),
+    *(SamplingConfig(s, 5, g) for s in _MULTISTEP for g in (2.0, 5.0)),
+    SamplingConfig("unipc", 5, 8.0),
+    *(SamplingConfig(s, 10, 1.0) for s in _MULTISTEP),
+    *(SamplingConfig(s, steps, g, iv) for s in _MULTISTEP for g in (3.0, 6.0) for steps, iv in _INTERVAL_ROWS),
+)
+
+
+def config_label(config: SamplingConfig, num_train_timesteps: int = 400) -> str:
+    """``unipc-5 g5 [55,370]``: how tables and logs name a configuration."""
+    steps = config.steps or num_train_timesteps
+    interval = f" [{config.guidance_interval[0]},{config.guidance_interval[1]}]" if config.guidance_interval else ""
+    return f"{config.sampler}-{steps} g{config.guidance_scale:g}{interval if config.guidance_scale != 1 else ''}"
+
+
+def generate_digits(
+    pipe: DigitPipeline, per_digit: int, config: SamplingConfig, *, seed: int, batch: int, out_dir: Path | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``per_digit`` images of each digit as uint8 (N, 3, 28, 28), their labels and the NFE per image."""
+    device = next(pipe.unet.parameters()).device
+    labels = torch.arange(10).repeat_interleave(per_digit)
+    gen = torch.Generator(device).manual_seed(seed)
+    chunks, nfe = [], 0
+    for i in range(0, len(labels), batch):
+        out = pipe(
+            labels[i : i + batch],
+            sampler=config.sampler,
+            steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            guidance_interval=config.guidance_interval,
+            generator=gen,
+        )
+        chunks.append((out.images * 255).round().to(torch.uint8))
+        nfe = out.nfe
+    images = torch.cat(chunks)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for k, (img, label) in enumerate(zip(images, labels)):
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(out_dir / f"{int(label)}_{k % per_digit + 1:03d}.png")
+    return images, labels, nfe
+
+
+def measure(
+    pipe: DigitPipeline, clf: torch.nn.Module, config: SamplingConfig, *, per_digit: int, seed: int, batch: int,
+    out_dir: Path | None = None,
+) -> dict:
+    """One configuration's accuracy, per-class accuracy, MS-SSIM, NFE and seconds per image."""
+    device = next(pipe.unet.parameters()).device
+    started = time.perf_counter()
+    images, labels, nfe = generate_digits(pipe, per_digit, config, seed=seed, batch=batch, out_dir=out_dir)
+    seconds = time.perf_counter() - started
+    preds = classify_uint8(clf, images.to(device)).cpu()
+    return {
+        **config.to_dict(),
+        "label": config_label(config, pipe.schedule.num_train_timesteps),
+        "nfe": nfe,
+        "accuracy": round((preds == labels).float().mean().item(), 4),
+        "per_class": [round((preds[labels == d] == d).float().mean().item(), 3) for d in range(10)],
+        "msssim": round(per_label_msssim(images, labels), 4),
+        "s_per_image": round(seconds / len(labels), 4),
+        "images_per_digit": per_digit,
+        "seed": seed,
+    }
+
+
+def real_msssim(data: Path, per_digit: int) -> float:
+    """Per-label mean pairwise MS-SSIM of the first ``per_digit`` real MNIST-M val digits of each label."""
+    x, y = load_digits(data, "mnistm", "val")
+    keep = torch.cat([torch.nonzero(y == d).flatten()[:per_digit] for d in range(10)])
+    return round(per_label_msssim(x[keep], y[keep]), 4)
+
+
+def select_default(rows: list[dict], real: float) -> dict:
+    """The row ``SELECTION_RULE`` picks."""
+    eligible = [r for r in rows if r["nfe"] <= MAX_NFE and r["msssim"] <= real + MSSSIM_TOLERANCE]
+    if not eligible:
+        raise SystemExit(f"no configuration has <= {MAX_NFE} NFE and MS-SSIM <= {real + MSSSIM_TOLERANCE:.4f}")
+    return max(eligible, key=lambda r: (r["accuracy"], -r["msssim"]))
+
+
+def _load(args: argparse.Namespace) -> tuple[DigitPipeline, dict, torch.nn.Module]:
+    device = device_of(args.device)
+    pipe, card = load_pipeline(args.checkpoint_dir, DIGIT_MODEL, device=device)
+    assert isinstance(pipe, DigitPipeline)
+    clf, _ = load_model(args.checkpoint_dir, EVAL_CLASSIFIER, device=device)
+    return pipe, card, clf
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    """Every GRID row on ``args.seed``; with ``--select``, the default is chosen from them and written to the card.
+
+    Rows already measured (same seed and count) are read back from ``--out``, so an
+    interrupted sweep continues where it stopped.
+    """
+    if args.select and args.seed == REPORT_SEED:
+        raise SystemExit(f"seed {REPORT_SEED} is the report seed: choose on another (the tuning seed is {TUNING_SEED})")
+    pipe, _, clf = _load(args)
+    cache = Path(args.out) / f"sweep_seed{args.seed}_pd{args.sweep_per_digit}.jsonl"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    done = {r["label"]: r for r in map(json.loads, cache.read_text().splitlines())} if cache.is_file() else {}
+    real = real_msssim(args.data, args.sweep_per_digit)
+    print(f"real MNIST-M val, {args.sweep_per_digit} per digit: per-label MS-SSIM {real:.4f}")
+    rows = []
+    wanted = _confirmation_rows(args) if args.top else None
+    for config in GRID:
+        label = config_label(config, pipe.schedule.num_train_timesteps)
+        if wanted is not None and label not in wanted:
+            continue
+        if label not in done:
+            done[label] = measure(pipe, clf, config, per_digit=args.sweep_per_digit, seed=args.seed, batch=args.batch)
+            with cache.open("a") as f:
+                f.write(json.dumps(done[label]) + "\n")
+        row = done[label]
+        rows.append(row)
+        print(f"{label:28s} NFE {row['nfe']:3d}  accuracy {row['accuracy']:.3f}  MS-SSIM {row['msssim']:.3f}  "
+              f"{row['s_per_image']:.3f} s/image")
+    table = {"seed": args.seed, "images_per_digit": args.sweep_per_digit, "real_msssim": real, "rows": rows}
+    card = read_card(args.checkpoint_dir, DIGIT_MODEL)
+    sampling = card.setdefault("sampling", {})
+    sampling.setdefault("sweep", {})[f"seed_{args.seed}"] = table
+    if args.select:
+        best = select_default(rows, real)
+        for legacy in ("guidance_scale", "few_step_sampler", "few_step_steps"):  # superseded by "default"
+            sampling.pop(legacy, None)
+        sampling["default"] = SamplingConfig.from_dict(best).to_dict() | {"nfe": best["nfe"]}
+        sampling["selection"] = {"rule": SELECTION_RULE, "tuning_seed": args.seed, "images_per_digit": args.sweep_per_digit,
+                                 "chosen": best["label"], "accuracy": best["accuracy"], "msssim": best["msssim"], "real_msssim": real}
+        print(f"default: {best['label']} (accuracy {best['accuracy']:.3f}, MS-SSIM {best['msssim']:.3f}, NFE {best['nfe']})")
+    write_card(args.checkpoint_dir, DIGIT_MODEL, card)
+    return table
+
+
+def _confirmation_rows(args: argparse.Namespace) -> set[str]:
+    """``--top N`` on the report seed: the tuning seed's N most accurate rows within the NFE budget,
+    the served default and the reference row (GRID's first), so a shorter run still checks the choice."""
+    sampling = read_card(args.checkpoint_dir, DIGIT_MODEL).get("sampling", {})
+    tuning = sampling.get("sweep", {}).get(f"seed_{TUNING_SEED}")
+    if tuning is None:
+        raise SystemExit(f"--top needs the tuning seed's sweep first: digits-sweep --seed {TUNING_SEED} --select")
+    within = sorted((r for r in tuning["rows"] if r["nfe"] <= MAX_NFE), key=lambda r: -r["accuracy"])
+    chosen = {r["label"] for r in within[: args.top]} | {config_label(GRID[0])}
+    if "selection" in sampling:
+        chosen.add(sampling["selection"]["chosen"])
+    return chosen
+
+
+def evaluate_digits(args: argparse.Namespace) -> dict:
+    """The served default (and 400-step DDPM unless ``--ddpm-per-digit 0``) on the report seed."""
+    pipe, card, clf = _load(args)
+    device = next(pipe.unet.parameters()).device
+    vx, vy = load_digits(args.data, "mnistm", "val")
+    real_acc = (classify_uint8(clf, vx.to(device)).cpu() == vy).float().mean().item()
+    print(f"evaluation classifier on real MNIST-M val ({len(vx)} images): accuracy {real_acc:.4f}")
+    update_metrics(args.checkpoint_dir, EVAL_CLASSIFIER, {"mnistm_val_acc": round(real_acc, 4)})
+    default = SamplingConfig.card_default(card)
+    runs = [("ddpm", default.override(sampler="ddpm"), args.ddpm_per_digit), ("fewstep", default, args.per_digit)]
+    results: dict = {"eval_classifier_mnistm_val_acc": round(real_acc, 4)}
+    card_metrics = {}
+    for key, config, per_digit in runs:
+        if per_digit <= 0:
+            continue
+        out_dir = Path(args.out) / key if args.out else None
+        row = measure(pipe, clf, config, per_digit=per_digit, seed=args.seed, batch=args.batch, out_dir=out_dir)
+        print(f"digits {row['label']}: {per_digit}/digit, seed {args.seed}, NFE {row['nfe']}, accuracy {row['accuracy']:.4f}, "
+              f"MS-SSIM {row['msssim']:.4f}; per digit " + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(row["per_class"])))
+        results |= {f"digits_{key}_acc": row["accuracy"], f"digits_{key}_nfe": row["nfe"], f"digits_{key}_msssim": row["msssim"]}
+        card_metrics[f"eval_classifier_acc_{key}"] = row
+    if card_metrics:
+        real = real_msssim(args.data, max(args.per_digit, args.ddpm_per_digit))
+        print(f"real MNIST-M val: per-label MS-SSIM {real:.4f}")
+        results["digits_real_msssim"] = real
+        card_metrics["real_msssim"] = real
+    card = read_card(args.checkpoint_dir, DIGIT_MODEL)
+    metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS} | card_metrics
+    write_card(args.checkpoint_dir, DIGIT_MODEL, card | {"metrics": metrics})
+    return write_metrics(args.checkpoint_dir, results, drop=tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS))
