@@ -48,7 +48,8 @@ def main() -> int:
     code = 0
     try:
         if "redis_url" not in settings.model_fields_set:
-            redis = RedisServer(REPO / "var" / "redis").start()
+            # Durable: accepted jobs wait in Redis lists, and must outlive a restart of the stack.
+            redis = RedisServer(REPO / "var" / "redis", persist=True).start()
             env["REDIS_URL"] = redis.url
             print(f"redis-server (pid {redis.process.pid}) on {redis.url}, data in {redis.data_dir}")  # type: ignore[union-attr]
         else:

@@ -67,6 +67,7 @@ def test_redis_persists_to_a_named_volume(compose: dict[str, Any]) -> None:
     command = redis["command"]
     assert command[0] == "redis-server"
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "everysec"
     assert _mounts(redis)["/data"] == "redis-data"
     assert "redis-data" in compose["volumes"]
     assert "redis-cli" in redis["healthcheck"]["test"]
