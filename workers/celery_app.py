@@ -32,8 +32,10 @@ app.conf.update(
     # mid-job does not swallow the jobs queued behind it.
     task_acks_late=True,
     worker_prefetch_multiplier=1,
-    # A job that kills its process fails instead of being redelivered forever.
-    task_reject_on_worker_lost=False,
+    # A job whose process dies (killed, out of memory) goes back on its queue at once
+    # and runs again; ``workers.tasks.JobTask`` fails it after MAX_DELIVERIES, so a
+    # job that kills its process every time is not redelivered forever.
+    task_reject_on_worker_lost=True,
     task_track_started=True,
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,

@@ -25,6 +25,9 @@ class WorkerSettings(BaseSettings):
     job_ttl_seconds: int = Field(86_400, ge=60, description="How long results and their files are kept.")
     task_soft_time_limit: int = Field(900, ge=1, description="Seconds before a job is asked to stop.")
     task_time_limit: int = Field(960, ge=1, description="Seconds before a job's process is killed.")
+    max_deliveries: int = Field(
+        3, ge=1, description="Runs of a job before a job whose worker process keeps dying is failed for good."
+    )
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker re-registers its models.")
     worker_queues: str = Field(
         ",".join(QUEUES),

@@ -30,6 +30,8 @@ WORKER_KEY_PREFIX = "genserve:worker:"
 
 # One small key per job the API created: how 404 is told apart from "queued".
 JOB_KEY_PREFIX = "genserve:job:"
+# How many times a worker has started each job (redeliveries after a worker died).
+DELIVERIES_KEY_PREFIX = "genserve:deliveries:"
 
 # What a worker serves, by role: the API asks for a role, not a checkpoint name.
 FACE_ROLES = {"A": "faces:A", "B": "faces:B"}
@@ -81,3 +83,7 @@ def worker_key(worker_id: str) -> str:
 
 def job_key(job_id: str) -> str:
     return JOB_KEY_PREFIX + job_id
+
+
+def deliveries_key(job_id: str) -> str:
+    return DELIVERIES_KEY_PREFIX + job_id
