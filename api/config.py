@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 2**20, ge=1, description="Bytes per request body.")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Width x height per uploaded image.")
     max_digit_images: int = Field(100, ge=1, description="Digits per generation request (labels x n).")
+    max_queued_small: int = Field(
+        1000, ge=1, description="Face and classify jobs waiting in their queue; past it a POST is refused with 429."
+    )
+    max_queued_diffusion: int = Field(
+        100, ge=1, description="Digit jobs waiting in their queue; past it a POST is refused with 429."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -67,6 +67,12 @@ class JobFailed(ServiceError):
     status_code = 500
 
 
+class QueueFull(ServiceError):
+    """Backpressure: the job's queue is at its bound; nothing was created, so a retry is safe."""
+
+    status_code = 429
+
+
 class ModelUnavailable(ServiceError):
     status_code = 503
 

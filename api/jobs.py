@@ -22,9 +22,9 @@ from celery import Celery
 from fastapi.responses import FileResponse, JSONResponse, Response
 from redis.asyncio import Redis
 
-from workers.protocol import JOB_ID_RE, job_key
+from workers.protocol import JOB_ID_RE, QUEUE_DIFFUSION, QUEUE_SMALL, TASK_QUEUES, job_key
 
-from .errors import BackendUnavailable, JobFailed, JobNotFound, ModelUnavailable
+from .errors import BackendUnavailable, JobFailed, JobNotFound, ModelUnavailable, QueueFull
 from .results import ResultListener
 from .schemas import (
     ClassifyResult,
@@ -39,6 +39,8 @@ from .schemas import (
 )
 
 SAFETY_POLL_S = 1.0
+# What a refused POST is told to wait: about how long its queue takes to make room.
+RETRY_AFTER_FULL_S = {QUEUE_SMALL: 1, QUEUE_DIFFUSION: 10}
 
 
 def new_job_id() -> str:
@@ -173,15 +175,19 @@ def predictions_csv(result: dict[str, Any]) -> str:
 
 
 class JobService:
-    def __init__(self, celery: Celery, redis: Redis, ttl_s: int) -> None:
+    def __init__(
+        self, celery: Celery, redis: Redis, ttl_s: int, *, queue_bounds: dict[str, int] | None = None
+    ) -> None:
         self.celery = celery
         self.redis = redis
         self.ttl_s = ttl_s
+        self.queue_bounds = queue_bounds or {}
         self.results = ResultListener(redis, self._result_key("*"))
 
     async def submit(
         self, kind: JobKind, task: str, kwargs: dict[str, Any], params: dict[str, Any], *, job_id: str | None = None
     ) -> JobRecord:
+        await self._check_room(task)
         record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC))
         # The record goes first: a worker may finish before send_task returns.
         await self.redis.set(job_key(record.id), record.to_json(), ex=self.ttl_s)
@@ -194,6 +200,27 @@ class JobService:
                 headers={"Retry-After": "5"},
             ) from err
         return record
+
+    async def _check_room(self, task: str) -> None:
+        """429 before anything is created when the task's queue already holds its bound of jobs.
+
+        A Celery queue on Redis is a list named after the queue, so its length is
+        the number of jobs waiting (not those running). Two requests that race
+        past the check may take a queue one or two over its bound; that is the
+        price of not locking every submit.
+        """
+        queue = TASK_QUEUES[task]
+        bound = self.queue_bounds.get(queue)
+        if bound is None:
+            return
+        waiting = await self.redis.llen(queue)
+        if waiting >= bound:
+            retry_s = RETRY_AFTER_FULL_S[queue]
+            raise QueueFull(
+                f"the {queue!r} queue already holds {waiting} waiting jobs, its limit "
+                f"(MAX_QUEUED_{queue.upper()}={bound}): nothing was created; retry after {retry_s} s",
+                headers={"Retry-After": str(retry_s)},
+            )
 
     async def get(self, job_id: str) -> JobRecord:
         raw = await self.redis.get(job_key(job_id)) if JOB_ID_RE.match(job_id) else None

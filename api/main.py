@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
+from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL
+
 from . import errors
 from .celery_client import make_celery
 from .config import Settings
@@ -74,7 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
         celery = make_celery(settings.redis_url, settings.job_ttl_seconds)
         app.state.redis = redis
-        app.state.jobs = JobService(celery, redis, settings.job_ttl_seconds)
+        app.state.jobs = JobService(
+            celery,
+            redis,
+            settings.job_ttl_seconds,
+            queue_bounds={QUEUE_SMALL: settings.max_queued_small, QUEUE_DIFFUSION: settings.max_queued_diffusion},
+        )
         app.state.workers = WorkerRegistry(redis)
         try:
             yield

@@ -35,7 +35,7 @@ router = APIRouter(prefix="/classify", tags=["classify"])
     ),
     responses={
         **job_responses(CLASSIFY_DONE_EXAMPLE, extra_media={"text/csv": "image_name,label\n00001.png,3\n"}),
-        **error_responses(413, 415, 422, 500, 503),
+        **error_responses(413, 415, 422, 429, 500, 503),
     },
 )
 async def classify_target_domain(

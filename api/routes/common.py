@@ -25,6 +25,12 @@ _ERRORS: dict[int, tuple[str, str]] = {
         "A parameter is missing, unknown or out of range, or an image is truncated; `detail` names it and the allowed values.",
         "invalid request: query parameter 'n': Input should be less than or equal to 64 (got 100)",
     ),
+    429: (
+        "The job's queue is full (`MAX_QUEUED_SMALL` / `MAX_QUEUED_DIFFUSION`): nothing was created; "
+        "retry after `Retry-After` seconds.",
+        "the 'diffusion' queue already holds 100 waiting jobs, its limit (MAX_QUEUED_DIFFUSION=100): nothing was "
+        "created; retry after 10 s",
+    ),
     500: (
         "The job failed in the worker; `detail` says why.",
         "job 9f1c... failed: the job ran past the worker's time limit",

@@ -28,7 +28,7 @@ router = APIRouter(prefix="/generate", tags=["generate"])
     ),
     responses={
         **job_responses(FACES_DONE_EXAMPLE, extra_media={"image/png": "the grid PNG, when `Accept: image/png`"}),
-        **error_responses(422, 500, 503),
+        **error_responses(422, 429, 500, 503),
     },
 )
 async def generate_faces(
