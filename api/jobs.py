@@ -170,8 +170,14 @@ def predictions_csv(result: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["image_name", "label"])
     for prediction in result["predictions"]:
-        writer.writerow([prediction["image_name"], prediction["label"]])
+        writer.writerow([spreadsheet_safe(prediction["image_name"]), prediction["label"]])
     return out.getvalue()
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A file name that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR first)
+    gets a leading apostrophe, OWASP's advice against CSV injection; others are left as they are."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
 
 
 class JobService:

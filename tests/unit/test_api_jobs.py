@@ -63,3 +63,12 @@ def test_worker_results_get_urls() -> None:
 def test_predictions_csv_is_the_course_format() -> None:
     result = {"predictions": [{"image_name": "a.png", "label": 3}, {"image_name": "b,c.png", "label": 0}]}
     assert predictions_csv(result) == 'image_name,label\na.png,3\n"b,c.png",0\n'
+
+
+def test_predictions_csv_never_hands_a_spreadsheet_a_formula() -> None:
+    names = ["=HYPERLINK(1)", "+1.png", "-2.png", "@SUM(A1)", "\tx.png", "ok-=.png"]
+    result = {"predictions": [{"image_name": name, "label": 1} for name in names]}
+    rows = predictions_csv(result).splitlines()[1:]
+    assert [row.rsplit(",", 1)[0].strip('"') for row in rows] == [
+        "'=HYPERLINK(1)", "'+1.png", "'-2.png", "'@SUM(A1)", "'\tx.png", "ok-=.png"
+    ]
