@@ -18,6 +18,8 @@ import torch
 from accelerate import Accelerator
 from torchvision.utils import save_image
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout (built by `python -m training.data`, or the course's hw2_data/)")
@@ -128,9 +130,20 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     save_image(images.float().clamp(0, 1), path, nrow=nrow, padding=2)
 
 
-def command_line() -> str:
-    """The command that produced this run, as recorded in the model card."""
-    return "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that produced this run, as recorded in the model card.
+
+    Paths inside the checkout are written relative to it, so a card names no
+    machine's folders and its command reruns from any clone.
+    """
+    return "python -m training " + " ".join(shlex.quote(_relative(a)) for a in (sys.argv if argv is None else argv)[1:])
+
+
+def _relative(arg: str) -> str:
+    path = Path(arg)
+    if path.is_absolute() and path.resolve().is_relative_to(REPO):
+        return str(path.resolve().relative_to(REPO))
+    return arg
 
 
 def training_card(args: argparse.Namespace, accelerator: Accelerator, budget: Budget, **extra) -> dict:
