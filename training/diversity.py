@@ -4,11 +4,11 @@ The mode-collapse measure of Odena et al.'s AC-GAN paper: MS-SSIM between random
 pairs of images of one class, averaged. A sampler that buys accuracy with
 all-alike digits shows here as a value above that of real images of the class.
 
-Digits are 28x28, too small for MS-SSIM's usual five scales with an 11-pixel
-window, so it runs on three scales (28, 14, 7) with a 3-pixel Gaussian window and
-the first three of the standard scale weights, renormalised to sum to one. Real
-and generated images go through the same measure, and only the two figures side
-by side mean anything.
+The window is torchmetrics' standard Gaussian (sigma 1.5, 11 taps, reflection
+padding), which needs every scale to be at least 6 pixels wide: 28x28 digits take
+three scales (28, 14, 7), 64x64 faces four (64 ... 8), with the first of the
+standard scale weights renormalised to sum to one. Real and generated images go
+through the same measure, and only the two figures side by side mean anything.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def mean_pairwise_msssim(
         i, j = all_pairs[start : start + batch].T
         values.append(
             multiscale_structural_similarity_index_measure(
+                # With the Gaussian window, kernel_size only enters torchmetrics' minimum-size
+                # check (sized for an 11-tap window at every scale); the window is sigma's.
                 x[i], x[j], data_range=1.0, kernel_size=3, betas=betas, reduction="none"
             )
         )
