@@ -11,10 +11,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, from pyproject alone, so editing code does not reinstall torch.
+# The monitoring extra is Flower, which the compose `flower` service runs from this image.
 COPY pyproject.toml README.md ./
 RUN mkdir -p api workers models training \
     && touch api/__init__.py workers/__init__.py models/__init__.py training/__init__.py \
-    && pip install . \
+    && pip install ".[monitoring]" \
     && pip uninstall -y dlcv-genserve
 COPY api ./api
 COPY workers ./workers

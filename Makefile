@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 # e.g. EVAL_ARGS="--ddpm-per-digit 0": 400-step DDPM on 1,000 digits takes hours of CPU (minutes on a GPU).
 EVAL_ARGS ?=
 
-.PHONY: install test test-unit run bench data models evaluate report clean
+.PHONY: install test test-unit run bench screenshots data models evaluate report clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ run: install
 # Starts its own stack on free ports and writes docs/bench.json; BENCH_ARGS="--sections service --quick" for a smoke run.
 bench: install
 	DATA_SOURCE=$(abspath $(DATA_SOURCE)) $(PY) -m bench $(BENCH_ARGS)
+
+# docs/playground.png: the playground page in chromium, after one run of each panel on the shipped models.
+screenshots: install
+	DATA_SOURCE=$(abspath $(DATA_SOURCE)) SCREENSHOT_DIR=$(abspath docs) $(PY) -m pytest -q \
+		tests/integration/test_playground_browser.py -k screenshot -p no:cacheprovider
 
 models: install
 	$(PY) -m models

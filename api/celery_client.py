@@ -7,6 +7,7 @@ message format are the contract in ``workers.protocol``.
 from __future__ import annotations
 
 from celery import Celery
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from workers.protocol import task_routes
 
@@ -28,3 +29,10 @@ def make_celery(redis_url: str, result_ttl_s: int) -> Celery:
         redis_socket_timeout=5,
     )
     return app
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s waiting messages: kombu keeps one per priority step
+    (the plain name for priority 0, ``name + sep + step`` for the others), so the jobs waiting
+    in a queue are the sum of their lengths."""
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parents[1]
+# Shorter keys can be guessed online; secrets.token_urlsafe(32) makes 43 characters.
+MIN_API_KEY_CHARS = 16
 
 
 class Settings(BaseSettings):
@@ -22,6 +27,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Where the launcher's uvicorn listens.")
     port: int = Field(8000, ge=1, le=65535, description="The launcher's HTTP port.")
     job_ttl_seconds: int = Field(86_400, ge=60, description="How long jobs, results and their files are kept.")
+    results_max_bytes: int = Field(
+        2 * 2**30,
+        ge=1,
+        description="Bytes the job folders under RESULTS_DIR may hold together; past it the API removes the oldest "
+        "whole job folders (folders changed in the last 10 minutes stay).",
+    )
+    results_sweep_seconds: float = Field(
+        60.0, gt=0, description="How often the API removes expired job folders and enforces RESULTS_MAX_BYTES."
+    )
     default_wait_s: float = Field(20.0, ge=0, description="How long a request waits for its job by default.")
     max_wait_s: float = Field(120.0, ge=0, description="The largest `wait` a request may ask for.")
     max_files: int = Field(256, ge=1, description="Images per classification request.")
@@ -35,6 +49,81 @@ class Settings(BaseSettings):
     max_queued_diffusion: int = Field(
         100, ge=1, description="Digit jobs waiting in their queue; past it a POST is refused with 429."
     )
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys, one of which every request but `/healthz` and the docs must send "
+        "(`X-API-Key: <key>` or `Authorization: Bearer <key>`). Empty: no key is asked for, which is only safe "
+        "on localhost.",
+    )
+    rate_limit: str = Field(
+        "60/minute",
+        description="Per client (its API key; its IP address without keys): how many POSTs (new jobs, cancels), in the "
+        "`limits` notation (`60/minute`, `10/second;500/hour`); `off` for none. Counted in Redis.",
+    )
+    rate_limit_reads: str = Field(
+        "1200/minute",
+        description="The same for GETs (job polls, images, /models, /readyz, /metrics); `off` for none.",
+    )
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins (`https://app.example`) whose web pages may call the API, or `*`. "
+        "Empty: same-origin only; a POST from any other page is refused with 403.",
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated hosts (names or IP addresses, any port) a job's `webhook` may call. Empty: "
+        "webhooks are off and a request with one is refused with 422. A receiver on a private or loopback address "
+        "is called only when that address is listed as an IP (see docs/service.md). The workers read it too.",
+    )
+
+    @field_validator("api_keys", "cors_allow_origins", "webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            if len(key.get_secret_value()) < MIN_API_KEY_CHARS:
+                raise ValueError(
+                    f"API_KEYS: a key of {len(key.get_secret_value())} characters is guessable; use "
+                    f"{MIN_API_KEY_CHARS} or more, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+        return keys
+
+    @field_validator("rate_limit", "rate_limit_reads")
+    @classmethod
+    def _rate(cls, value: str, info: Any) -> str:
+        value = value.strip()
+        if value.lower() in ("", "off", "none"):
+            return ""
+        try:
+            parse_many(value)
+        except ValueError as err:
+            raise ValueError(
+                f"{info.field_name.upper()}={value!r} is not a rate limit: write e.g. 60/minute or "
+                f"10/second;500/hour, or off ({err})"
+            ) from None
+        return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        cleaned = []
+        for origin in origins:
+            origin = origin.rstrip("/").lower()
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+                raise ValueError(
+                    f"CORS_ALLOW_ORIGINS: {origin!r} is not an origin: write scheme://host[:port] "
+                    "(e.g. https://app.example, no path), or *"
+                )
+            cleaned.append(origin)
+        return cleaned
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

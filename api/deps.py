@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from .config import Settings
 from .errors import InvalidParameter
+from .idempotency import KEY_PATTERN
 from .jobs import JobService
 from .worker_registry import WorkerRegistry
 
@@ -69,8 +70,28 @@ def wait_seconds(requested: float | None, settings: Settings) -> float:
     return requested
 
 
+def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=KEY_PATTERN,
+            description=(
+                "Makes a retry safe: a client-chosen unique value (a UUID, say; visible ASCII, at most 255 "
+                "characters). A later request to the same endpoint with the same key and the same parameters gets "
+                "the job the first one created (and waits for it like the first), never a second job; the same key "
+                "with other parameters is a `409`. Keys are kept as long as jobs (`JOB_TTL_SECONDS`)."
+            ),
+            examples=["5f0c6a1e-8d7b-4c3e-9a21-0b6f4d2e7c90"],
+        ),
+    ] = None,
+) -> str | None:
+    return key
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 RepresentationDep = Annotated[Representation, Depends(preferred_representation)]
+IdempotencyKeyDep = Annotated[str | None, Depends(idempotency_key)]

@@ -33,6 +33,24 @@ class InvalidParameter(ServiceError):
     status_code = 422
 
 
+class Unauthenticated(ServiceError):
+    """No API key, or not one of ``API_KEYS``."""
+
+    status_code = 401
+
+
+class ForeignOrigin(ServiceError):
+    """A state-changing request from a web page whose origin ``CORS_ALLOW_ORIGINS`` does not list."""
+
+    status_code = 403
+
+
+class RateLimited(ServiceError):
+    """This client's ``RATE_LIMIT`` / ``RATE_LIMIT_READS`` is used up; ``Retry-After`` says for how long."""
+
+    status_code = 429
+
+
 class InvalidImage(ServiceError):
     """Not decodable, truncated, or corrupt."""
 
@@ -41,6 +59,12 @@ class InvalidImage(ServiceError):
 
 class UnsupportedImage(ServiceError):
     """Not a PNG or JPEG."""
+
+    status_code = 415
+
+
+class UnsupportedMediaType(ServiceError):
+    """A request body of a media type the endpoint does not take."""
 
     status_code = 415
 
@@ -63,6 +87,12 @@ class JobNotFinished(ServiceError):
     status_code = 409
 
 
+class JobAlreadyFinished(ServiceError):
+    """A cancel for a job that has already succeeded, failed or been canceled."""
+
+    status_code = 409
+
+
 class JobFailed(ServiceError):
     status_code = 500
 
@@ -71,6 +101,12 @@ class QueueFull(ServiceError):
     """Backpressure: the job's queue is at its bound; nothing was created, so a retry is safe."""
 
     status_code = 429
+
+
+class IdempotencyKeyReused(ServiceError):
+    """An ``Idempotency-Key`` sent again with other parameters than its first request's."""
+
+    status_code = 409
 
 
 class ModelUnavailable(ServiceError):
@@ -85,15 +121,28 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-_LOCATION_NAMES = {"query": "query parameter", "path": "path parameter", "body": "form field", "header": "header"}
+_LOCATION_NAMES = {
+    "query": "query parameter",
+    "path": "path parameter",
+    "body": "form field",
+    "json": "JSON body field",
+    "header": "header",
+}
+# A rule across several parameters (a model validator), by where they came from.
+_WHOLE_NAMES = {"query": "query parameters", "json": "parameters", "body": "form fields"}
 
 
 def describe_validation_error(error: dict[str, Any]) -> str:
     """One pydantic error -> "query parameter 'n': Input should be ... (got 100)"."""
     loc = [str(part) for part in error.get("loc", ())]
     where = _LOCATION_NAMES.get(loc[0], loc[0]) if loc else "request"
+    # pydantic's prefix for a ValueError raised in a validator says nothing to the client.
+    message = error.get("msg", "is invalid").removeprefix("Value error, ")
+    if len(loc) == 1 and loc[0] in ("query", "json") and error.get("type") not in ("json_invalid", "model_type"):
+        return f"{_WHOLE_NAMES[loc[0]]}: {message}"  # a rule across several parameters (a model validator)
+    if loc == ["json"]:
+        return f"JSON body: {message}"
     field = ".".join(loc[1:]) or "body"
-    message = error.get("msg", "is invalid")
     if error.get("type") == "extra_forbidden":
         message = "is not a parameter of this endpoint (check its spelling against /docs)"
     elif error.get("type") == "missing":
@@ -109,9 +158,14 @@ async def _validation_handler(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, f"invalid request: {problems}. Fix these and retry; /docs lists every parameter and its range.")
 
 
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    """The response for ``exc``; also for ASGI middleware, which answers before the app's handlers."""
+    return _error(exc.status_code, exc.detail, exc.headers)
+
+
 async def _service_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _error(exc.status_code, exc.detail, exc.headers)
+    return service_error_response(exc)
 
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:

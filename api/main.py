@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -14,12 +16,18 @@ from redis.asyncio import Redis
 
 from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL
 
-from . import errors
+from . import errors, security
 from .celery_client import make_celery
+from .cleanup import ResultsJanitor
 from .config import Settings
+from .events import JobEventStreams
 from .jobs import JobService
+from .monitoring import ServiceCollector
 from .middleware import BodySizeLimit
-from .routes import classify, digits, faces, health, jobs, models
+from .query_checks import document_settings
+from .ratelimit import RateLimiter
+from .routes import classify, digits, faces, health, jobs, live, models, playground
+from .routes.common import error_responses
 from .worker_registry import WorkerRegistry
 
 DESCRIPTION = """
@@ -33,6 +41,9 @@ shows its step) until it has succeeded. Images are PNGs under `/jobs/{id}/images
 With `Accept: image/png` the generate endpoints answer with the grid image itself.
 
 **Errors** are `{"detail": "..."}` saying what to change.
+
+**Keys.** When the server sets `API_KEYS`, every endpoint but `/healthz` needs one, sent as
+`X-API-Key: <key>` or `Authorization: Bearer <key>`; here, enter it with **Authorize**.
 """
 
 TAGS = [
@@ -43,18 +54,26 @@ TAGS = [
 ]
 
 
-def _metrics(app: FastAPI) -> None:
+def _metrics(app: FastAPI, guards: list[Any], responses: dict[int | str, dict[str, Any]]) -> None:
     # A registry per app (not the process-global one), so several apps can live in one process (tests).
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
+    registry.register(ServiceCollector(app.state.settings.redis_url))  # queues, workers, task counts
     Instrumentator(registry=registry, excluded_handlers=["/metrics"]).instrument(app).expose(
         app,
         tags=["operations"],
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
-        description="Request counts and latencies per route, in the Prometheus text format.\n\n```\ncurl localhost:8000/metrics\n```",
+        description=(
+            "Request counts and latencies per route; jobs waiting per queue (`genserve_queue_length`), live "
+            "workers per queue (`genserve_workers_up`), and per task and model the runs by outcome "
+            "(`genserve_tasks_total`) and their runtimes (`genserve_task_duration_seconds`), in the Prometheus "
+            "text format.\n\n```\ncurl localhost:8000/metrics\n```"
+        ),
+        dependencies=guards,
         responses={
+            **responses,
             200: {
                 "content": {
                     "text/plain": {
@@ -83,9 +102,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue_bounds={QUEUE_SMALL: settings.max_queued_small, QUEUE_DIFFUSION: settings.max_queued_diffusion},
         )
         app.state.workers = WorkerRegistry(redis)
+        app.state.events = JobEventStreams(app.state.jobs, redis)
+        app.state.limiter = (
+            RateLimiter(
+                redis.connection_pool, settings.redis_url, writes=settings.rate_limit, reads=settings.rate_limit_reads
+            )
+            if settings.rate_limit or settings.rate_limit_reads
+            else None
+        )
+        janitor = ResultsJanitor(
+            settings.results_dir,
+            ttl_s=settings.job_ttl_seconds,
+            max_bytes=settings.results_max_bytes,
+            every_s=settings.results_sweep_seconds,
+        )
+        cleanup = asyncio.create_task(janitor.run(), name="results-cleanup")  # runs with no worker up too
         try:
             yield
         finally:
+            cleanup.cancel()
+            await app.state.events.close()
             await app.state.jobs.results.close()
             await redis.aclose()
             celery.close()
@@ -101,8 +137,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for module in (faces, digits, classify, jobs, models, health):
-        app.include_router(module.router)
+    # Every route but /healthz (and the docs, which FastAPIOffline adds) behind the key check and rate limit.
+    guards = security.route_guards(settings)
+    guarded = error_responses(*security.guard_error_codes(settings))
+    for module in (faces, digits, classify, jobs, live, models):
+        app.include_router(module.router, dependencies=guards, responses=guarded)
+    app.include_router(health.liveness)
+    app.include_router(playground.router)
+    app.mount(playground.STATIC_PREFIX, playground.static_files(), name="playground")
+    app.include_router(health.router, dependencies=guards, responses=guarded)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    _metrics(app)
+    document_settings(app, settings)
+    security.install(app, settings)
+    _metrics(app, guards, guarded)
     return app

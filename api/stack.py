@@ -20,15 +20,19 @@ from typing import IO, Literal, Self
 
 import redis
 
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, WORKERS_INDEX_KEY, worker_key
+from workers.config import WorkerSettings
+from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUE_WEBHOOKS, WORKERS_INDEX_KEY, worker_key
 
 from .config import REPO
-from .processes import free_port, http_ok, spawn, stop, wait_for
+from .processes import free_port, http_ok, spawn, stop, stop_all, wait_for
 
 # Jobs in flight in the small-model worker (threads pool): a batch can only
 # gather the requests that are running at once, so this bounds its size in requests.
 SMALL_WORKER_THREADS = 32
+WEBHOOK_WORKER_THREADS = 8
 WORKER_START_TIMEOUT_S = 180
+# After SHUTDOWN_GRACE_S a worker still cancels, requeues and closes its connections.
+SHUTDOWN_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -39,17 +43,24 @@ class WorkerSpec:
     pool: Literal["prefork", "threads"]
     concurrency: int
     torch_threads: int | None = None  # None: torch's default, every core
+    app: str = "workers.celery_app"
+    # A model worker registers its models in Redis (workers.registry); the webhook worker has none.
+    serves_models: bool = True
 
     def command(self, *, name: str | None = None, loglevel: str = "INFO") -> list[str]:
         return [
-            sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             f"--pool={self.pool}", f"--concurrency={self.concurrency}", "-Q", self.queue,
             f"--loglevel={loglevel}", "-n", name or f"{self.queue}@%h",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip
 
     def env(self) -> dict[str, str]:
-        env = {"WORKER_QUEUES": self.queue}
+        env = {"WORKER_QUEUES": self.queue} if self.serves_models else {}
+        if self.pool == "prefork":
+            # SIGTERM = Celery's soft shutdown: the running job gets SHUTDOWN_GRACE_S, then goes
+            # back on its queue at once (see workers.celery_app). Read by billiard at import.
+            env["REMAP_SIGTERM"] = "SIGQUIT"
         if self.torch_threads:
             env["TORCH_THREADS"] = str(self.torch_threads)
         return env
@@ -71,6 +82,13 @@ def worker_specs(*, cpus: int | None = None, torch_threads: int | None = None) -
         WorkerSpec(QUEUE_DIFFUSION, "prefork", 1, torch_threads),
         WorkerSpec(QUEUE_SMALL, "threads", SMALL_WORKER_THREADS, torch_threads or max(1, cpus // 4)),
     ]
+
+
+def webhook_worker_spec() -> WorkerSpec:
+    """The webhook worker: a light process of its own (no torch, no model; ``workers.webhook_app``), so a
+    slow receiver holds one of its threads and never a model worker. Threads, because a delivery waits on
+    the network; a few, because retries wait in Redis, not in a thread."""
+    return WorkerSpec(QUEUE_WEBHOOKS, "threads", WEBHOOK_WORKER_THREADS, app="workers.webhook_app", serves_models=False)
 
 
 def api_command(host: str, port: int) -> list[str]:
@@ -141,9 +159,11 @@ class LocalStack:
     def wait_for_workers(self, queues: Iterable[str] | None = None, timeout: float = WORKER_START_TIMEOUT_S) -> None:
         for queue in list(queues or self.workers):
             process = self.workers[queue]
+            # A worker without models has nothing to register: its messages wait in Redis until it consumes.
+            started = self.registered if self.specs[queue].serves_models else (lambda _: True)
             try:
                 wait_for(
-                    lambda q=queue: self.registered(q),
+                    lambda q=queue: started(q),
                     timeout,
                     f"the {queue} worker",
                     alive=lambda p=process: p.poll() is None,
@@ -166,11 +186,16 @@ class LocalStack:
         assert self.base_url, "start_api first"
         wait_for(lambda: http_ok(f"{self.base_url}/readyz"), timeout, "readiness (/readyz)")
 
+    def shutdown_wait_s(self) -> float:
+        """How long a worker may take to stop: its grace for running jobs, then the requeue and exit."""
+        grace = self.env.get("SHUTDOWN_GRACE_S") or WorkerSettings.model_fields["shutdown_grace_s"].default
+        return float(grace) + SHUTDOWN_MARGIN_S
+
     def stop(self) -> None:
-        """API first, so nothing new arrives; then the workers (a warm shutdown lets a running job finish, briefly)."""
+        """API first, so nothing new arrives; then every worker at once (each lets its running job
+        finish within SHUTDOWN_GRACE_S, or puts it back on its queue), SIGKILL only past that."""
         stop(self.api)
-        for process in self.workers.values():
-            stop(process, timeout=20)
+        stop_all(self.workers.values(), timeout=self.shutdown_wait_s())
         for sink in self._logs:
             sink.close()
         self._logs.clear()

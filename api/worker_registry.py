@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from pydantic import ValidationError
@@ -13,9 +14,23 @@ from workers.protocol import ROLE_QUEUES, WORKERS_INDEX_KEY, worker_key
 from .errors import ModelUnavailable
 from .schemas import ModelInfo, WorkerPublic
 
+# An absolute path (POSIX or Windows) with at least one folder; group 1 is its last part.
+# Not after a word character, "/" or ":", so URLs (redis://host/0) and relative paths are left alone.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\'\"]+[/\\])+([^\s/\\'\"]*)")
+
 # How long ``require`` trusts what it read: a POST checks the workers' models on
 # every request, and this keeps that to one Redis read per second under load.
 REQUIRE_CACHE_S = 1.0
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each absolute path cut to its last part (a file name).
+
+    Workers already name their checkpoint files relatively (``workers.registry.public_reason``);
+    this keeps any other path of their machine (an OSError's, an older worker's) out of
+    GET /models and /readyz too.
+    """
+    return _ABSOLUTE_PATH.sub(r"\1", text)
 
 
 class WorkerRegistry:
@@ -35,9 +50,12 @@ class WorkerRegistry:
             if item is None:  # expired between the two reads
                 continue
             try:
-                workers.append(WorkerPublic.model_validate(json.loads(item)))
+                worker = WorkerPublic.model_validate(json.loads(item))
             except (ValueError, ValidationError):
                 continue  # a worker of another version; it is not ours to judge
+            for missing in worker.missing:
+                missing.reason = without_paths(missing.reason)
+            workers.append(worker)
         return sorted(workers, key=lambda w: w.started_at)
 
     async def require(self, role: str) -> ModelInfo | None:

@@ -25,6 +25,8 @@ from .markdown import render
 SECTIONS: dict[str, str] = {
     "samplers": "bench.samplers",
     "service": "bench.service",
+    "memory": "bench.memory",
+    "load": "bench.load",
 }
 
 

@@ -54,10 +54,73 @@ def service(section: dict[str, Any]) -> list[str]:
             plain = table.get("unbatched", {}).get(clients, {})
             lines.append(f"| {clients} | {row['rps']:.1f} | {_num(plain.get('rps'), '{:.1f}')} | "
                          f"{_num(table.get('ratio_batched_over_unbatched', {}).get(clients), '{:.2f}')} | {_num(row.get('mean_batch_requests'), '{:.1f}')} |")
+    ceiling = section.get("batching_ceiling")
+    if ceiling:
+        lines += ["", "The most micro-batching can gain on this machine: the model call of one request alone against "
+                  "its share of one call for many requests, in-process with the small worker's "
+                  f"{ceiling['torch_threads']} torch threads. Were HTTP, Redis, Celery, the PNG files and the clients "
+                  "free, the throughput ratio above would reach this ceiling; it stays below.", "",
+                  "| request | requests per call | ms alone | ms per request, shared | ceiling |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['requests_per_call']} | {_num(r['ms_alone'], '{:.2f}')} | "
+                  f"{_num(r['ms_per_request_shared'], '{:.2f}')} | {r['ceiling_ratio']:.2f}x |"
+                  for name, r in ceiling["rows"].items()]
     return lines
 
 
-RENDERERS = {"samplers": samplers, "service": service}
+def memory(section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    raised = config.get("limits_raised") or {}
+    lines = ["## Memory (`--sections memory`)", "", _machine(section), "",
+             f"One `POST /classify/target-domain` of {config.get('images')} PNGs of {config.get('side')}x{config.get('side')} "
+             f"pixels ({config.get('inputs')}; {config.get('body_mib')} MiB on the wire"
+             + (f"; limits raised for this run: {', '.join(f'{k}={v}' for k, v in raised.items())}" if raised else "")
+             + "). Peak resident memory (`VmHWM`) of each process after start-up and a one-image request, and after "
+             "the large request; private memory (`RssAnon`: the heap, not the shared libraries) before, and its "
+             f"peak sampled during the request. The target is a peak below {config.get('target_mb')} MB.", "",
+             "| process | peak before (MB) | peak after (MB) | resident after (MB) | private before (MB) | private peak (MB) | peak below target |",
+             "|---|---|---|---|---|---|---|"]
+    for name, label in (("api", "API (uvicorn)"), ("worker", "small-model worker")):
+        row = section.get(name)
+        if row:
+            lines.append(f"| {label} | {row['peak_before_mb']:.1f} | {row['peak_after_mb']:.1f} | {row['rss_after_mb']:.1f} | "
+                         f"{_num(row.get('private_before_mb'), '{:.1f}')} | {_num(row.get('private_peak_mb'), '{:.1f}')} | "
+                         f"{'yes' if row['below_target'] else 'no'} |")
+    if section.get("torch_import_mb") is not None:
+        lines += ["", f"A Python process that only imports torch and torchvision peaks at {section['torch_import_mb']:.1f} MB "
+                  "here: the floor of any worker's peak."]
+    request = section.get("request")
+    if request:
+        lines += ["", f"The request took {request['seconds']:.1f} s. Its labels agree for "
+                  f"{request['labels_agree_with_whole_decode']} images with a request of the 28x28 inputs that decoding "
+                  f"each PNG whole gives; those differ from the API's by at most {config.get('max_abs_diff_vs_whole_decode')}/255 a pixel."]
+    return lines
+
+
+def load(section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    intro = (f"{config.get('requests')} requests at each number of concurrent clients (closed loop), a seeded "
+             f"mix of POST /generate/faces (n = {config.get('faces_n')}), POST /classify/target-domain "
+             f"({config.get('classify_images')}) and GET /jobs/{{id}} polls; POSTs wait at most {config.get('wait_s')} s. "
+             "Afterwards every job a 200/202 accepted is polled to its end. Errors: any answer but 200, 202 and 429 "
+             "with Retry-After, plus accepted jobs that failed or did not finish.")
+    lines = ["## Load (`--sections load`)", "", _machine(section), "", intro, "",
+             "| clients | req/s | kind | status codes | p50 ms | p95 ms |", "|---|---|---|---|---|---|"]
+    for clients, row in section.get("levels", {}).items():
+        for kind, counts in row.get("status_counts", {}).items():
+            latency = row.get("latency", {}).get(kind, {})
+            shown = ", ".join(f"{code}: {n}" for code, n in counts.items()) or "-"
+            lines.append(f"| {clients} | {row['rps']:.1f} | {kind} | {shown} | {_num(latency.get('p50_ms'), '{:.1f}')} "
+                         f"| {_num(latency.get('p95_ms'), '{:.1f}')} |")
+    lines += ["", "| clients | jobs accepted | succeeded | failed | unfinished | 429 with Retry-After | errors |",
+              "|---|---|---|---|---|---|---|"]
+    for clients, row in section.get("levels", {}).items():
+        jobs = row.get("jobs", {})
+        lines.append(f"| {clients} | {jobs.get('accepted')} | {jobs.get('succeeded')} | {jobs.get('failed')} | "
+                     f"{jobs.get('unfinished')} | {row.get('refused_429_with_retry_after')} | {row.get('errors')} |")
+    return lines
+
+
+RENDERERS = {"samplers": samplers, "service": service, "memory": memory, "load": load}
 
 
 def render(results: dict[str, Any]) -> str:

@@ -66,6 +66,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--no-in-process", action="store_true", help="skip the in-process comparison")
     group.add_argument("--no-throughput", action="store_true", help="skip the throughput part")
+    group.add_argument("--ceiling-batch", type=int, default=32, help="requests per shared call in the ceiling part")
+    group.add_argument("--ceiling-repeats", type=int, default=20, help="timed calls per case in the ceiling part")
     # --checkpoint-dir, --data-source, --device and --threads are common flags (bench.__main__).
 
 
@@ -158,8 +160,9 @@ def _local_calls(
     import torch
 
     from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, load_pipeline
-    from models.pipelines import digits_from_pil
+    from models.pipelines import digits_from_uint8
     from models.scheduler import SamplingConfig
+    from workers.digit_inputs import digit_from_image
 
     torch.set_flush_denormal(True)  # as the workers do
     device = torch.device(args.device)
@@ -172,8 +175,9 @@ def _local_calls(
         return torch.Generator(device).manual_seed(i + 1 if i >= 0 else 10_000 - i)
 
     def classify(_: int) -> Any:
-        images = [Image.open(io.BytesIO(data)).convert("RGB") for data in pngs]
-        return dann(digits_from_pil(images).to(device)).labels  # type: ignore[operator]
+        # The decode the API does, then the worker's model call.
+        digits = np.stack([digit_from_image(Image.open(io.BytesIO(data))) for data in pngs])
+        return dann(digits_from_uint8(digits).to(device)).labels  # type: ignore[operator]
 
     def draw_digits(i: int) -> Any:
         labels = [3] * args.digits_n
@@ -273,6 +277,61 @@ def latency_table(service: dict[str, dict[str, Any]], local: dict[str, list[floa
         table[name] = entry
         print(line)
     return table
+
+
+# -- the ceiling of micro-batching on this machine ------------------------------------------------------------
+
+
+def batching_ceiling(args: argparse.Namespace, specs: dict[str, WorkerSpec], pngs: list[bytes]) -> dict[str, Any]:
+    """What sharing one forward pass can save at most, here: the model call for one request alone against its
+    share of a call for ``--ceiling-batch`` requests, in this process with the small worker's torch threads.
+
+    If everything else a request costs (HTTP, Redis, Celery, PNG files, the clients) were free, micro-batching
+    would multiply throughput by ``ceiling_ratio``; the measured batched/unbatched ratio stays below it.
+    """
+    import torch
+
+    from models.loading import DANN_MODELS, FACE_MODELS, load_pipeline
+    from models.pipelines import digits_from_uint8
+    from workers.digit_inputs import digit_from_image
+
+    device = torch.device(args.device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(specs[QUEUE_SMALL].torch_threads or threads)
+    faces, _ = load_pipeline(args.checkpoint_dir, FACE_MODELS["B"], device=device)
+    dann, _ = load_pipeline(args.checkpoint_dir, DANN_MODELS["usps"], device=device)
+    digits = digits_from_uint8(np.stack([digit_from_image(Image.open(io.BytesIO(data))) for data in pngs])).to(device)
+    batch = args.ceiling_batch
+    calls = {
+        "faces n=1": (lambda: faces(1), lambda: faces(batch)),  # type: ignore[call-arg]
+        f"classify {len(pngs)} images": (lambda: dann(digits), lambda: dann(digits.repeat(batch, 1, 1, 1))),  # type: ignore[operator]
+    }
+    out: dict[str, Any] = {}
+    try:
+        for name, (alone, shared) in calls.items():
+            alone(), shared()  # warm-up
+            times: dict[str, list[float]] = {"alone": [], "shared": []}
+            for _ in range(args.ceiling_repeats):  # in turns, so a passing load falls on both
+                for key, fn in (("alone", alone), ("shared", shared)):
+                    started = time.perf_counter()
+                    fn()
+                    times[key].append(time.perf_counter() - started)
+            one = statistics.median(times["alone"])
+            share = statistics.median(times["shared"]) / batch
+            out[name] = {
+                "requests_per_call": batch,
+                "ms_alone": ms(one),
+                "ms_per_request_shared": ms(share),
+                "ceiling_ratio": round(one / share, 2),
+            }
+            print(
+                f"  {name:20s} alone {one * 1000:7.2f} ms, share of a {batch}-request call "
+                f"{share * 1000:7.2f} ms: ceiling {one / share:5.2f}x",
+                flush=True,
+            )
+    finally:
+        torch.set_num_threads(threads)
+    return {"torch_threads": specs[QUEUE_SMALL].torch_threads or threads, "rows": out}
 
 
 # -- 2. throughput under concurrency --------------------------------------------------------------------------
@@ -415,6 +474,7 @@ def throughput_table(measured: dict[str, Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.requests, args.digit_requests, args.duration, args.slices, args.warmup = 3, 1, 1.0, 1, 0.5
+        args.ceiling_repeats = 3
     pngs = digit_pngs(args.classify_images, args.data_source)
     specs = {spec.queue: spec for spec in worker_specs(torch_threads=args.threads)}
     config = {key: value for key, value in vars(args).items() if not isinstance(value, Path) and key != "sections"}
@@ -438,6 +498,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "DEVICE": args.device,
                 "PYTHONUNBUFFERED": "1",
                 "MAX_WAIT_S": "300",
+                # The closed loops send ~100 req/s from one address, with no key: a bench stack is open and unlimited.
+                "API_KEYS": "",
+                "RATE_LIMIT": "off",
+                "RATE_LIMIT_READS": "off",
             }
             url = {db: f"redis://127.0.0.1:{redis_server.port}/{db}" for db in (0, 1)}
             # The service as `make run` starts it, and beside it an API and a small-model worker without batching.
@@ -466,6 +530,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         )
                         targets = {"batched": (base_url, url[0]), "unbatched": (plain_url, url[1])}
                         result["throughput"] = throughput_table(throughput(args, targets, pngs))
+                        print("\nthe most micro-batching can gain here (model calls alone, in this process):")
+                        result["batching_ceiling"] = batching_ceiling(args, specs, pngs)
                 except Exception:
                     for log in sorted(root.glob("logs*/*.log")):
                         print(f"--- {log.name} (last lines) ---\n{log.read_text(errors='replace')[-2000:]}")

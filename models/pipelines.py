@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .dann import DANN
 from .dcgan import Generator
@@ -20,6 +20,7 @@ from .scheduler import STOCHASTIC_SAMPLERS, NoiseSchedule, SamplerName
 from .unet import NULL_LABEL, ConditionalUNet
 
 ProgressCallback = Callable[[int, int], None]
+FrameCallback = Callable[[int, torch.Tensor], None]  # (wanted paper timestep, image in [0, 1])
 Normalization = Literal["half", "per_image"]
 
 
@@ -63,6 +64,8 @@ class DigitOutput:
     images: torch.Tensor  # (N, 3, 28, 28) in [0, 1]
     labels: torch.Tensor  # (N,)
     frames: dict[int, torch.Tensor] = field(default_factory=dict)  # t -> first image at t, (3, 28, 28)
+    # (paper t, first image) at every position the sampler visited, noise first, when asked
+    trajectory: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     nfe: int = 0  # network evaluations per image: a guided step costs two
 
 
@@ -135,11 +138,15 @@ class DigitPipeline:
         generator: torch.Generator | None = None,
         frame_timesteps: Sequence[int] = (),
         callback: ProgressCallback | None = None,
+        on_frame: FrameCallback | None = None,
+        trajectory: bool = False,
     ) -> DigitOutput:
         """Sample one digit per label.
 
         ``frame_timesteps`` are paper timesteps (T = pure noise, 0 = the output):
-        the first image is kept at each, or at the nearest step the sampler visits.
+        the first image is kept at each, or at the nearest step the sampler visits,
+        and handed to ``on_frame`` as soon as the sampler is there (live previews).
+        ``trajectory`` keeps the first image at every visited position (animations).
         ``guidance_scale`` 1 is plain conditional sampling; above 1 is
         classifier-free guidance (eps_null + s * (eps_label - eps_null)), applied on
         the steps inside ``guidance_interval`` (all steps when None).
@@ -156,24 +163,59 @@ class DigitPipeline:
         guided = guided_steps(timesteps, guidance_scale, guidance_interval)
         # Only the stochastic schedulers' step() takes a generator (UniPC's has no such argument).
         step_kwargs = {"generator": generator} if sampler in STOCHASTIC_SAMPLERS else {}
-        visited: dict[int, torch.Tensor] = {T: x[0].clone()} if frame_timesteps else {}
         total = len(timesteps)
+        times = visit_times(timesteps, T)
+        plan = frame_plan(timesteps, T, frame_timesteps)
+        frames: dict[int, torch.Tensor] = {}
+        path: list[tuple[int, torch.Tensor]] = []
+
+        def keep(position: int) -> None:
+            wants = plan.get(position, ())
+            if not wants and not trajectory:
+                return
+            image = to_unit_range(x[0]).cpu()
+            if trajectory:
+                path.append((times[position], image))
+            for want in wants:
+                frames[want] = image
+                if on_frame is not None:
+                    on_frame(want, image)
+
+        keep(0)
         for i, t in enumerate(sched.timesteps):
             eps = self._predict_noise(x, t, labels, guidance_scale if guided[i] else None)
             x = sched.step(eps, t, x, **step_kwargs).prev_sample
-            if frame_timesteps:
-                # After the step at index t the sample sits where the next step starts
-                # (scheduler index t' holds paper time t' + 1), or at 0 after the last.
-                visited[timesteps[i + 1] + 1 if i + 1 < total else 0] = x[0].clone()
+            keep(i + 1)
             if callback is not None:
                 callback(i + 1, total)
-        frames = {}
-        for want in frame_timesteps:
-            nearest = min(visited, key=lambda have: abs(have - want))
-            frames[int(want)] = to_unit_range(visited[nearest]).cpu()
         return DigitOutput(
-            images=to_unit_range(x).cpu(), labels=labels.cpu(), frames=frames, nfe=total + sum(guided)
+            images=to_unit_range(x).cpu(), labels=labels.cpu(), frames=frames, nfe=total + sum(guided), trajectory=path
         )
+
+
+def visit_times(timesteps: Sequence[int], num_train_timesteps: int) -> list[int]:
+    """The paper time of each position of a sampling run over scheduler ``timesteps``.
+
+    Position 0 is the initial noise (paper time T); position i is the sample after the
+    i-th step, which sits where the next step starts (scheduler index t' holds paper
+    time t' + 1), or at 0 after the last.
+    """
+    total = len(timesteps)
+    return [num_train_timesteps] + [timesteps[i + 1] + 1 if i + 1 < total else 0 for i in range(total)]
+
+
+def frame_plan(timesteps: Sequence[int], num_train_timesteps: int, wanted: Sequence[int]) -> dict[int, list[int]]:
+    """Where in a sampling run each wanted frame is taken: position -> the wanted paper timesteps there.
+
+    A wanted timestep takes the nearest position (``visit_times``; the noisier one on a
+    tie), so few-step samplers show their nearest visited step.
+    """
+    times = visit_times(timesteps, num_train_timesteps)
+    plan: dict[int, list[int]] = {}
+    for want in wanted:
+        position = min(range(len(times)), key=lambda k: (abs(times[k] - want), k))
+        plan.setdefault(position, []).append(int(want))
+    return plan
 
 
 def normalize_digits(x: torch.Tensor, mode: Normalization) -> torch.Tensor:
@@ -192,15 +234,15 @@ def normalize_digits(x: torch.Tensor, mode: Normalization) -> torch.Tensor:
     raise ValueError(f"unknown normalization {mode!r}")
 
 
-def digits_from_pil(images: Sequence[Image.Image], size: int = 28) -> torch.Tensor:
-    """Any-size gray or RGB PIL images -> (N, 3, size, size) float in [0, 1]."""
-    tensors = []
-    for image in images:
-        rgb = image.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-        tensors.append(torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3))
-    return torch.stack(tensors).permute(0, 3, 1, 2).float() / 255.0
+def digits_from_uint8(digits: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) digits -> (N, 3, H, W) float in [0, 1], the input ``DannClassifier`` takes.
+
+    Decoding and resizing happen before, in one torch-free place the API and the
+    workers share (``workers.digit_inputs``); this is only layout and scale.
+    """
+    if digits.dtype != np.uint8 or digits.ndim != 4 or digits.shape[-1] != 3:
+        raise ValueError(f"digits must be uint8 (N, H, W, 3), got {digits.dtype} {digits.shape}")
+    return torch.from_numpy(np.ascontiguousarray(digits)).permute(0, 3, 1, 2).float() / 255.0
 
 
 @dataclass

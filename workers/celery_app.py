@@ -8,6 +8,24 @@ Queues: tasks are routed by ``workers.protocol.task_routes()``, the same table
 the API publishes with. Without ``-Q`` a worker consumes ``WORKER_QUEUES``; with
 ``-Q`` it consumes those, and either way it loads only the models of the queues
 it really consumes (``workers.registry``).
+
+Stopping: a job must never wait out the Redis visibility timeout (above the hard
+time limit, so ~20 minutes) because its worker was stopped. Celery's plain warm
+shutdown (SIGTERM) waits for running jobs without bound, and whoever stops the
+worker (``api.launcher``, ``docker stop``) sends SIGKILL after a while, which
+strands the job's message in kombu's unacked hash until that timeout. So:
+
+- the diffusion worker (prefork, jobs of minutes) runs with ``REMAP_SIGTERM=SIGQUIT``
+  (``api.stack.WorkerSpec.env``, ``docker-compose.yml``): SIGTERM starts Celery's
+  *soft shutdown*, which lets the running job finish for up to ``SHUTDOWN_GRACE_S``
+  and then cancels it; with ``acks_late`` its message goes straight back on its
+  queue, and ``workers.tasks`` does not count such a run against ``MAX_DELIVERIES``;
+- the small worker (threads pool, jobs of milliseconds, which a threads pool cannot
+  cancel anyway) keeps the warm shutdown: running jobs finish, and the messages
+  it holds but has not started are put back on the queue when its connection closes.
+
+Whoever stops a worker waits ``SHUTDOWN_GRACE_S`` plus a margin before SIGKILL
+(``api.stack.LocalStack.stop``, compose's ``stop_grace_period``).
 """
 
 from __future__ import annotations
@@ -44,6 +62,8 @@ app.conf.update(
     # above the hard time limit so a long job is not run twice.
     broker_transport_options={"visibility_timeout": settings.task_time_limit + 300},
     broker_connection_retry_on_startup=True,
+    # Soft shutdown (see above): at most this long for a running job, then back on its queue.
+    worker_soft_shutdown_timeout=settings.shutdown_grace_s,
     # Loading every checkpoint (and initialising CUDA) in a fresh child can take
     # far longer than the 4 s Celery allows by default.
     worker_proc_alive_timeout=180,

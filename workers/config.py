@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .protocol import QUEUES, parse_queues
+from .webhook_policy import secret_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,14 @@ class WorkerSettings(BaseSettings):
         3, ge=1, description="Runs of a job before a job whose worker process keeps dying is failed for good."
     )
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker re-registers its models.")
+    shutdown_grace_s: float = Field(
+        15.0,
+        ge=0,
+        description=(
+            "On SIGTERM the diffusion worker lets its running job finish for up to this long, then puts it back "
+            "on its queue at once (Celery's soft shutdown); 0 puts it back without waiting."
+        ),
+    )
     worker_queues: str = Field(
         ",".join(QUEUES),
         description="Comma-separated queues a worker consumes when started without -Q; it loads only their models.",
@@ -40,6 +49,35 @@ class WorkerSettings(BaseSettings):
     )
     batch_max_faces: int = Field(64, ge=1, description="Faces per batched forward pass of a DCGAN.")
     batch_max_classify: int = Field(256, ge=1, description="Images per batched forward pass of a DANN.")
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts a webhook may call (the API's setting of the same name)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="The Standard Webhooks signing secret, `whsec_` and base64 of 24-64 random bytes. Unset: "
+        "deliveries fail (and say so in the webhook worker's log) rather than go out unsigned.",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Seconds a webhook receiver has to answer one delivery.")
+    webhook_max_attempts: int = Field(
+        6, ge=1, description="Deliveries of one webhook before it is given up (retried with exponential back-off)."
+    )
+    webhook_backoff_s: int = Field(
+        2, ge=1, description="First retry delay of a webhook; it doubles per attempt (with jitter), up to 10 minutes."
+    )
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())  # raises with what to write
+        return value
 
     @model_validator(mode="after")
     def _hard_after_soft(self) -> WorkerSettings:

@@ -11,6 +11,8 @@ import re
 TASK_FACES = "workers.tasks.generate_faces"
 TASK_DIGITS = "workers.tasks.generate_digits"
 TASK_CLASSIFY = "workers.tasks.classify_digits"
+# A job's webhook delivery, run by the webhook worker (workers.webhook_app), enqueued by the model worker.
+TASK_WEBHOOK = "workers.webhook_app.deliver_webhook"
 
 # Queues: a diffusion job runs for seconds to minutes, a face or classify job
 # for milliseconds. On one queue a burst of diffusion jobs would sit in front of
@@ -21,6 +23,9 @@ QUEUE_SMALL = "small"  # DCGAN faces and DANN classification: small networks, mi
 QUEUE_DIFFUSION = "diffusion"  # the diffusion UNet: long jobs, all of a device
 QUEUES = (QUEUE_SMALL, QUEUE_DIFFUSION)
 TASK_QUEUES = {TASK_FACES: QUEUE_SMALL, TASK_CLASSIFY: QUEUE_SMALL, TASK_DIGITS: QUEUE_DIFFUSION}
+# Webhook deliveries wait on network receivers, not on a model: their own queue, consumed by a light
+# worker process of their own (workers.webhook_app), so a slow receiver never holds a model worker.
+QUEUE_WEBHOOKS = "webhooks"
 
 # Worker registry: a sorted set of worker ids scored by the unix time their
 # registration expires, plus one JSON key per worker with a TTL. The sorted set
@@ -32,6 +37,15 @@ WORKER_KEY_PREFIX = "genserve:worker:"
 JOB_KEY_PREFIX = "genserve:job:"
 # How many times a worker has started each job (redeliveries after a worker died).
 DELIVERIES_KEY_PREFIX = "genserve:deliveries:"
+# Set by POST /jobs/{id}/cancel: a queued job never runs, a running diffusion job stops at its next step.
+CANCEL_KEY_PREFIX = "genserve:cancel:"
+# Live events of a running job (progress, reverse-process frames): published on a
+# channel for those listening now, and frames also kept in a list for a client
+# that connects later (GET /jobs/{id}/events replays it first).
+EVENTS_CHANNEL_PREFIX = "genserve:events:"
+EVENTS_LOG_PREFIX = "genserve:events-log:"
+# The exception type a canceled job ends with (the API reports its status as canceled).
+CANCELED_ERROR = "JobCanceled"
 
 # What a worker serves, by role: the API asks for a role, not a checkpoint name.
 FACE_ROLES = {"A": "faces:A", "B": "faces:B"}
@@ -53,6 +67,10 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
 
 GRID_NAME = "grid.png"
 FRAMES_STRIP_NAME = "frames.png"
+# An animated PNG of the first digit's reverse process: every step the sampler visits,
+# at most ANIMATION_MAX_FRAMES of them, evenly spread.
+ANIMATION_NAME = "reverse_process.png"
+ANIMATION_MAX_FRAMES = 60
 INPUTS_DIR = "inputs"
 
 JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -61,7 +79,7 @@ IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.png$")
 
 def task_routes() -> dict[str, dict[str, str]]:
     """Celery's ``task_routes`` for both sides: the API publishes by it, the workers' app shares it."""
-    return {task: {"queue": queue} for task, queue in TASK_QUEUES.items()}
+    return {task: {"queue": queue} for task, queue in {**TASK_QUEUES, TASK_WEBHOOK: QUEUE_WEBHOOKS}.items()}
 
 
 def parse_queues(value: str) -> tuple[str, ...]:
@@ -87,3 +105,15 @@ def job_key(job_id: str) -> str:
 
 def deliveries_key(job_id: str) -> str:
     return DELIVERIES_KEY_PREFIX + job_id
+
+
+def cancel_key(job_id: str) -> str:
+    return CANCEL_KEY_PREFIX + job_id
+
+
+def events_channel(job_id: str) -> str:
+    return EVENTS_CHANNEL_PREFIX + job_id
+
+
+def events_log_key(job_id: str) -> str:
+    return EVENTS_LOG_PREFIX + job_id

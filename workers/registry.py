@@ -20,7 +20,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -29,7 +31,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 
 from models.checkpoints import CheckpointError
 from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, Pipeline, load_pipeline
-from models.pipelines import DigitPipeline
+from models.pipelines import DannClassifier, DigitPipeline, FacePipeline
 from models.scheduler import SamplingConfig
 
 from .batching import MicroBatcher
@@ -73,12 +75,14 @@ class LoadedModel:
     pipeline: Pipeline
     card: dict
     device: str
+    warm: bool = False  # one forward pass done: set-up costs paid, the checkpoint proven to run
 
     def describe(self) -> dict[str, Any]:
         weights = self.card.get("weights", {})
         info: dict[str, Any] = {
             "role": self.role,
             "name": self.name,
+            "warm": self.warm,
             "kind": self.card.get("kind"),
             "parameters": weights.get("parameters"),
             "dtype": str(_first_param(self.pipeline).dtype).removeprefix("torch."),
@@ -103,9 +107,39 @@ def _first_param(pipeline: Pipeline) -> torch.Tensor:
     raise TypeError(f"{type(pipeline).__name__} holds no network")
 
 
+def public_reason(err: Exception, checkpoint_dir: Path) -> str:
+    """Why a checkpoint did not load, naming its files relative to ``checkpoint_dir``.
+
+    It is published (GET /models, /readyz), and this machine's paths are not the
+    clients' business; the worker's log keeps the full message.
+    """
+    text = f"{type(err).__name__}: {err}"
+    for folder in sorted({str(checkpoint_dir.resolve()), str(checkpoint_dir)}, key=len, reverse=True):
+        folder = folder.rstrip(os.sep)
+        text = text.replace(folder + os.sep, "")
+        if os.path.isabs(folder):
+            text = text.replace(folder, "CHECKPOINT_DIR")
+    return text
+
+
 def warm_up_digits(pipeline: DigitPipeline, card: dict) -> None:
     """One guided network evaluation, so the first request does not pay for oneDNN's (or cuDNN's) set-up."""
     pipeline([0], sampler="ddim", steps=1, guidance_scale=SamplingConfig.card_default(card).guidance_scale)
+
+
+def warm_up(pipeline: Pipeline, card: dict) -> None:
+    """One forward pass of a served model: the first request then pays no kernel selection or
+    allocator growth, and a checkpoint that loads but cannot run shows before any job does."""
+    if isinstance(pipeline, DigitPipeline):
+        # The UNet stays plain NCHW fp32 under inference_mode: make bench's cpu_fast_path found neither
+        # channels-last nor bf16 autocast faster on a CPU without bf16 instructions.
+        warm_up_digits(pipeline, card)
+    elif isinstance(pipeline, FacePipeline):
+        pipeline(1)
+    elif isinstance(pipeline, DannClassifier):
+        pipeline(torch.zeros(1, 3, 28, 28))
+    else:
+        raise TypeError(f"no warm-up for {type(pipeline).__name__}")
 
 
 @dataclass
@@ -140,13 +174,9 @@ class Registry:
             except (CheckpointError, OSError, ValueError, KeyError, TypeError) as err:
                 # One missing checkpoint must not take the others down: the worker
                 # serves what it has and reports the rest (GET /models, /readyz).
-                self.missing[role] = f"{type(err).__name__}: {err}"
+                self.missing[role] = public_reason(err, self.settings.checkpoint_dir)
                 log.warning("not serving %s (%s): %s", role, name, err)
                 continue
-            if isinstance(pipeline, DigitPipeline):
-                # Plain NCHW fp32 under inference_mode: make bench's cpu_fast_path found neither
-                # channels-last nor bf16 autocast faster on a CPU without bf16 instructions.
-                warm_up_digits(pipeline, card)
             self.models[role] = LoadedModel(role, name, pipeline, card, str(self.device))
         self.loaded_at = time.time()
         log.info(
@@ -157,6 +187,22 @@ class Registry:
             time.perf_counter() - started,
             self.settings.checkpoint_dir,
         )
+
+    def warm_up(self, on_warm: Callable[[], None] = lambda: None) -> None:
+        """One forward pass per loaded model (``warm_up``), calling ``on_warm`` after each, so
+        readiness can follow; a model whose pass fails is moved to ``missing``."""
+        started = time.perf_counter()
+        for role, model in list(self.models.items()):
+            try:
+                warm_up(model.pipeline, model.card)
+            except (RuntimeError, ValueError, TypeError) as err:  # a shape mismatch, CUDA out of memory
+                self.missing[role] = "warm-up failed: " + public_reason(err, self.settings.checkpoint_dir)
+                del self.models[role]
+                log.warning("not serving %s (%s): its warm-up failed: %s", role, model.name, err)
+            else:
+                model.warm = True
+            on_warm()
+        log.info("warmed up %d models in %.1f s", len(self.models), time.perf_counter() - started)
 
     def get(self, role: str) -> LoadedModel:
         if role in self.models:
@@ -175,12 +221,12 @@ class Registry:
     def describe(self) -> dict[str, Any]:
         return {
             "device": str(self.device) if self.device else None,
-            "checkpoint_dir": str(self.settings.checkpoint_dir),
             "queues": list(self.queues),
             "loaded_at": self.loaded_at,
-            "models": [model.describe() for model in self.models.values()],
+            # Copies: the heartbeat thread reads while ``warm_up`` may move a model to ``missing``.
+            "models": [model.describe() for model in list(self.models.values())],
             "missing": [
-                {"role": role, "name": SERVED[role], "reason": reason} for role, reason in self.missing.items()
+                {"role": role, "name": SERVED[role], "reason": reason} for role, reason in list(self.missing.items())
             ],
         }
 
@@ -196,6 +242,7 @@ class Heartbeat(threading.Thread):
         self.ttl = max(3 * settings.heartbeat_seconds, 5.0)
         self.started_at = time.time()
         self._halt = threading.Event()
+        self._wake = threading.Event()  # beat now rather than at the next interval
         self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
 
     def beat(self) -> None:
@@ -225,10 +272,16 @@ class Heartbeat(threading.Thread):
             except (redis.RedisError, OSError) as err:
                 log.warning("heartbeat failed: %s", err)
             beats += 1
-            self._halt.wait(self.settings.heartbeat_seconds)
+            self._wake.wait(self.settings.heartbeat_seconds)
+            self._wake.clear()
+
+    def beat_soon(self) -> None:
+        """Publish the registry's state now (a model just warmed up), not at the next interval."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._halt.set()
+        self._wake.set()
         if self.is_alive() and self is not threading.current_thread():
             self.join(timeout=5)  # a beat in flight would re-register after the delete
         try:
@@ -256,8 +309,11 @@ def get_registry() -> Registry:
             registry = Registry(settings, queues=_consumed_queues)
             registry.load()
             _registry = registry
-            _heartbeat = Heartbeat(registry, settings)
-            _heartbeat.start()
+            # Registered while warming up, so /readyz can say which models are not warm yet;
+            # each model is published as soon as it is. Jobs wait: this runs before the pool takes any.
+            heartbeat = _heartbeat = Heartbeat(registry, settings)
+            heartbeat.start()
+            registry.warm_up(on_warm=heartbeat.beat_soon)
         return _registry
 
 

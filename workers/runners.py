@@ -10,21 +10,22 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from models.pipelines import DannClassifier, FacePipeline, digits_from_pil
+from models.pipelines import DannClassifier, FacePipeline, FrameCallback, digits_from_uint8
 from models.scheduler import SamplingConfig
 
 from .batching import Batched, MicroBatcher
-from .protocol import FRAME_TIMESTEPS, FRAMES_STRIP_NAME, GRID_NAME, frame_name
+from .protocol import ANIMATION_MAX_FRAMES, ANIMATION_NAME, FRAME_TIMESTEPS, FRAMES_STRIP_NAME, GRID_NAME, frame_name
 from .registry import LoadedModel
 from .storage import JobFiles
 
 FACES_PER_ROW = 8  # the report's 32-face figure is 4 rows of 8
 CLASSIFY_BATCH = 256
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 def draw_seed() -> int:
@@ -114,12 +115,16 @@ def generate_digits(
     guidance: float | None = None,
     guidance_interval: Sequence[int] | None = None,
     frames: bool = False,
+    animation: bool = False,
     progress: Progress | None = None,
+    on_frame: FrameCallback | None = None,
 ) -> dict[str, Any]:
     """``n`` digits of each of ``labels``, one grid row per label.
 
     What the request leaves out comes from the model card's recommended sampling
-    configuration (``SamplingConfig.card_default``).
+    configuration (``SamplingConfig.card_default``). ``frames`` keeps the report's
+    reverse-process frames of the first digit (each handed to ``on_frame`` as soon as
+    it is drawn); ``animation`` makes an animated PNG of its whole reverse process.
     """
     seed = draw_seed() if seed is None else seed
     config = SamplingConfig.card_default(model.card).override(
@@ -139,6 +144,8 @@ def generate_digits(
         generator=_generator(model, seed),
         frame_timesteps=FRAME_TIMESTEPS if frames else (),
         callback=progress,
+        on_frame=on_frame,
+        trajectory=animation,
     )
     compute_s = time.perf_counter() - started
     # The course's naming: <label>_<index from 001>.png
@@ -152,6 +159,8 @@ def generate_digits(
         files.save_grid(
             FRAMES_STRIP_NAME, torch.stack([out.frames[t] for t in FRAME_TIMESTEPS]), nrow=len(FRAME_TIMESTEPS)
         )
+    if animation:
+        files.save_animation(ANIMATION_NAME, [image for _, image in spread(out.trajectory, ANIMATION_MAX_FRAMES)])
     return {
         "kind": "digits",
         "checkpoint": model.name,
@@ -167,9 +176,18 @@ def generate_digits(
         "grid": GRID_NAME,
         "frames": frame_files,
         "frames_strip": FRAMES_STRIP_NAME if frames else None,
+        "animation": ANIMATION_NAME if animation else None,
         "device": model.device,
         "compute_s": round(compute_s, 4),
     }
+
+
+def spread(items: Sequence[T], most: int) -> list[T]:
+    """At most ``most`` of ``items``, evenly spaced, always with the first and the last."""
+    if len(items) <= most:
+        return list(items)
+    last = len(items) - 1
+    return [items[round(k * last / (most - 1))] for k in range(most)]
 
 
 def classify_digits(
@@ -177,7 +195,7 @@ def classify_digits(
     files: JobFiles,
     *,
     target: str,
-    inputs: Sequence[str],
+    inputs: str,
     names: Sequence[str],
     batcher: MicroBatcher | None = None,
     max_batch: int = CLASSIFY_BATCH,
@@ -186,22 +204,22 @@ def classify_digits(
     """Label and class probabilities per uploaded image; with a ``batcher``, the forward
     pass may be shared with other requests' images (each image is classified on its own).
 
-    ``max_batch`` bounds the images gathered from several requests, ``chunk`` the
-    images per forward pass (a large request is split, batched or not)."""
-    if len(inputs) != len(names):
-        raise ValueError(f"{len(inputs)} inputs but {len(names)} names")
+    ``inputs`` names the file of the job's 28x28 digits that the API decoded from
+    the uploads (``workers.digit_inputs``), one per name, in order. ``max_batch``
+    bounds the images gathered from several requests, ``chunk`` the images per
+    forward pass (a large request is split, batched or not)."""
     pipeline: DannClassifier = model.pipeline  # type: ignore[assignment]
     started = time.perf_counter()
     done = None
     if batcher is None:
-        images = digits_from_pil(files.load_inputs(inputs)) if inputs else torch.empty(0, 3, 28, 28)
+        images = digits_from_uint8(files.load_digits(inputs, len(names)))
         probs = classify_batch(pipeline, chunk, [images])[0]
     else:
         with batcher.expecting():
-            # Decoding the uploads happens here, in this job's thread, in parallel with other jobs.
-            images = digits_from_pil(files.load_inputs(inputs)) if inputs else torch.empty(0, 3, 28, 28)
+            # Reading the digits happens here, in this job's thread, in parallel with other jobs.
+            images = digits_from_uint8(files.load_digits(inputs, len(names)))
             run = partial(classify_batch, pipeline, chunk)
-            done = batcher.submit(model.role, images, run, size=len(inputs), max_size=max_batch)
+            done = batcher.submit(model.role, images, run, size=len(names), max_size=max_batch)
         probs = done.value
     compute_s = time.perf_counter() - started
     predictions = [
@@ -215,5 +233,5 @@ def classify_digits(
         "predictions": predictions,
         "device": model.device,
         "compute_s": round(compute_s, 4),
-        "batch": _batch_info(done, len(inputs)),
+        "batch": _batch_info(done, len(names)),
     }

@@ -7,21 +7,20 @@ renamed, so the API never serves a half-written PNG.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from .digit_inputs import load_digits
 from .protocol import INPUTS_DIR, JOB_ID_RE
-
-log = logging.getLogger(__name__)
+from .retention import prune_expired  # noqa: F401  (the registry prunes through this module)
 
 # zlib level 1: a 32-face grid encodes in ~16 ms instead of ~19 ms at level 3
 # (~29 ms at 6) for files 0.5% larger; a single 64x64 face costs ~0.4 ms at any level.
@@ -79,32 +78,29 @@ class JobFiles:
     def save_grid(self, name: str, images: torch.Tensor, nrow: int, padding: int = 2) -> str:
         return self.save_image(name, make_grid(images, nrow=nrow, padding=padding, pad_value=1.0))
 
-    def load_inputs(self, names: Sequence[str]) -> list[Image.Image]:
-        """The uploads the API stored under ``inputs/``, already checked and normalised to RGB PNG."""
-        images = []
-        for name in names:
-            path = self.dir / INPUTS_DIR / Path(name).name
-            if not path.is_file():
-                raise FileNotFoundError(f"input {path} is missing: the API and the worker must share RESULTS_DIR")
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        return images
+    def save_animation(
+        self, name: str, frames: Sequence[torch.Tensor], *, frame_ms: int = 80, hold_last_ms: int = 1200, scale: int = 4
+    ) -> str:
+        """An animated PNG (APNG: lossless, and every browser plays it in an ``<img>``) of
+        (3, H, W) frames, each pixel drawn ``scale`` x ``scale`` so 28x28 digits are visible."""
+        images = [to_pil(frame) for frame in frames]
+        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._tmp(name)
+        durations = [frame_ms] * (len(images) - 1) + [hold_last_ms]
+        images[0].save(
+            tmp, format="PNG", save_all=True, append_images=images[1:], duration=durations, loop=0,
+            compress_level=PNG_COMPRESS_LEVEL,
+        )  # fmt: skip
+        tmp.replace(self.dir / name)
+        return name
 
-
-def prune_expired(results_dir: Path, older_than_s: float) -> int:
-    """Delete job folders last modified more than ``older_than_s`` ago; returns how many."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        return 0
-    cutoff = time.time() - older_than_s
-    removed = 0
-    for folder in root.iterdir():
-        if not (folder.is_dir() and JOB_ID_RE.match(folder.name)):
-            continue
-        try:
-            if folder.stat().st_mtime < cutoff:
-                shutil.rmtree(folder)
-                removed += 1
-        except OSError as err:  # another worker may be pruning the same folder
-            log.debug("could not prune %s: %s", folder, err)
-    return removed
+    def load_digits(self, name: str, count: int) -> np.ndarray:
+        """The ``count`` uint8 (N, 28, 28, 3) digits the API decoded from the uploads and stored under ``inputs/``."""
+        path = self.dir / INPUTS_DIR / Path(name).name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"input {path} is missing: the API and the worker must share RESULTS_DIR, "
+                "and the job's folder must not have been removed (RESULTS_MAX_BYTES, JOB_TTL_SECONDS)"
+            )
+        return load_digits(path, count)

@@ -7,18 +7,21 @@ harmless: the API always sends a seed, so a rerun rewrites the same files.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, states
 
-from . import runners
+from . import live, metrics, runners, webhooks
 from .celery_app import app
 from .config import get_settings
 from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, TASK_CLASSIFY, TASK_DIGITS, TASK_FACES, deliveries_key
-from .registry import batch_limit, get_batcher, get_registry
+from .registry import SERVED, batch_limit, get_batcher, get_registry
 from .storage import JobFiles
+
+log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step speed
 
@@ -31,36 +34,103 @@ class WorkerKeptDying(RuntimeError):
     """A job whose worker process died on each of its runs: it is not run again."""
 
 
+def model_label(task: str, kwargs: dict[str, Any]) -> str:
+    """The checkpoint a job of ``task`` runs, from its arguments (the ``model`` label of its metrics)."""
+    try:
+        if task == TASK_FACES:
+            role = FACE_ROLES[kwargs["model"]]
+        elif task == TASK_CLASSIFY:
+            role = CLASSIFY_ROLES[kwargs["target"]]
+        else:
+            role = DIGIT_ROLE
+    except (KeyError, TypeError):
+        return "unknown"
+    return SERVED.get(role, role)
+
+
+def task_label(task: str) -> str:
+    return task.rsplit(".", 1)[-1]
+
+
 class JobTask(Task):
-    """Counts the runs of each job, so a job that kills its worker process stops coming back.
+    """Counts the runs of each job, so a job that kills its worker process stops coming back,
+    and records each run's outcome and runtime (``workers.metrics``).
 
     With ``acks_late`` and ``task_reject_on_worker_lost`` a job whose process dies is
     put back on its queue and runs again (it rewrites the same files: the seed is in
     its arguments); a crash that the job itself causes would repeat forever without
-    this count.
+    this count. A run that a graceful shutdown cancels is not the job's fault, so it
+    is taken off the count again.
     """
 
     _redis: redis.Redis | None = None
 
+    @classmethod
+    def client(cls) -> redis.Redis:
+        if JobTask._redis is None:
+            JobTask._redis = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
+        return JobTask._redis
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         settings = get_settings()
-        if JobTask._redis is None:
-            JobTask._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        key = deliveries_key(self.request.id)
-        pipe = JobTask._redis.pipeline()
+        job_id = self.request.id
+        key = deliveries_key(job_id)
+        pipe = self.client().pipeline()
         runs, _ = pipe.incr(key).expire(key, settings.job_ttl_seconds).execute()
-        if runs > settings.max_deliveries:
-            raise WorkerKeptDying(
-                f"the worker process died on each of this job's {runs - 1} runs (out of memory, or a crash in the "
-                f"model?), so it is not run again (MAX_DELIVERIES={settings.max_deliveries}): ask for fewer images"
-            )
-        return super().__call__(*args, **kwargs)
+        started = time.perf_counter()
+        state: metrics.State | None = "failed"
+        try:
+            if runs > settings.max_deliveries:
+                raise WorkerKeptDying(
+                    f"the worker process died on each of this job's {runs - 1} runs (out of memory, or a crash in the "
+                    f"model?), so it is not run again (MAX_DELIVERIES={settings.max_deliveries}): ask for fewer images"
+                )
+            result = super().__call__(*args, **kwargs)
+            state = "succeeded"
+            return result
+        except live.JobCanceled:
+            state = "canceled"
+            raise
+        except SystemExit:
+            # billiard turns the signal a soft shutdown cancels a pool process with into
+            # SystemExit; the message goes back on the queue, and the run was not the job's fault.
+            state = None
+            self._give_back(job_id)
+            raise
+        finally:
+            if state is not None:
+                self._record(job_id, kwargs, state, time.perf_counter() - started)
+
+    def _give_back(self, job_id: str) -> None:
+        try:
+            self.client().decr(deliveries_key(job_id))
+            # Back in the queue: reported as queued again, not as running at its last step.
+            self.update_state(task_id=job_id, state=states.PENDING, meta=None)
+        except redis.RedisError as err:
+            log.warning("could not give back the run of %s: %s", job_id, err)
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # Celery has stored the outcome by now, so the webhook worker reads the job as GET /jobs/{id} shows it.
+        # Not reached when the process dies or a soft shutdown puts the job back: it has not ended.
+        if status not in states.READY_STATES:
+            return
+        try:
+            webhooks.enqueue_if_asked(self.client(), self.app, task_id)
+        except Exception as err:  # the job's outcome stands; a lost notice is logged, not a failed job
+            log.warning("could not queue the webhook of %s: %s", task_id, err)
+
+    def _record(self, job_id: str, kwargs: dict[str, Any], state: metrics.State, seconds: float) -> None:
+        try:
+            metrics.record(self.client(), task_label(self.name), model_label(self.name, kwargs), state, seconds)
+        except redis.RedisError as err:  # the job's own outcome matters more than its metrics
+            log.warning("could not record metrics of %s: %s", job_id, err)
 
 
 # The small tasks do not report STARTED: they finish within milliseconds, and the
 # extra state write would wake every waiting request once more for nothing.
 @app.task(bind=True, base=JobTask, name=TASK_FACES, track_started=False)
 def generate_faces(self: Task, *, model: str, n: int, seed: int | None = None) -> dict[str, Any]:
+    live.raise_if_canceled(JobTask.client(), self.request.id)
     loaded = get_registry().get(FACE_ROLES[model])
     return runners.generate_faces(
         loaded, _files(self), variant=model, n=n, seed=seed, batcher=get_batcher(), max_batch=batch_limit("faces")
@@ -79,12 +149,16 @@ def generate_digits(
     guidance: float | None = None,
     guidance_interval: list[int] | None = None,
     frames: bool = False,
+    animation: bool = False,
 ) -> dict[str, Any]:
+    live.raise_if_canceled(JobTask.client(), self.request.id)
     loaded = get_registry().get(DIGIT_ROLE)
+    events = live.JobEvents(JobTask.client(), self.request.id, get_settings().job_ttl_seconds)
     last = 0.0
 
     def progress(step: int, total: int) -> None:
         nonlocal last
+        events.progress(step, total)  # every step, live; raises JobCanceled once canceled
         now = time.monotonic()
         if step == 1 or step == total or now - last >= PROGRESS_EVERY_S:
             last = now
@@ -101,12 +175,15 @@ def generate_digits(
         guidance=guidance,
         guidance_interval=guidance_interval,
         frames=frames,
+        animation=animation,
         progress=progress,
+        on_frame=events.frame,
     )
 
 
 @app.task(bind=True, base=JobTask, name=TASK_CLASSIFY, track_started=False)
-def classify_digits(self: Task, *, target: str, inputs: list[str], names: list[str]) -> dict[str, Any]:
+def classify_digits(self: Task, *, target: str, inputs: str, names: list[str]) -> dict[str, Any]:
+    live.raise_if_canceled(JobTask.client(), self.request.id)
     loaded = get_registry().get(CLASSIFY_ROLES[target])
     return runners.classify_digits(
         loaded,

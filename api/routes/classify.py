@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from workers.protocol import CLASSIFY_ROLES, TASK_CLASSIFY
 
-from ..deps import JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from ..body_params import check_webhook, only_files
+from ..deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
 from ..errors import TooLarge
+from ..idempotency import Idempotency, digest
 from ..jobs import job_response, new_job_id
+from ..query_checks import strict_query
 from ..schemas import CLASSIFY_DONE_EXAMPLE, ClassifyQuery, JobKind, JobPublic
-from ..uploads import CheckedImage, check_image, clean_name, store_inputs
+from ..uploads import check_image, clean_name, decode_slot, store_inputs
 from .common import error_responses, job_responses
 
-router = APIRouter(prefix="/classify", tags=["classify"])
+router = APIRouter(prefix="/classify", tags=["classify"], dependencies=[Depends(strict_query)])
 
 
 @router.post(
@@ -25,17 +29,26 @@ router = APIRouter(prefix="/classify", tags=["classify"])
     summary="Classify digits from SVHN or USPS",
     description=(
         "Upload one or many digit images (PNG or JPEG, any size, gray or RGB) as multipart fields named "
-        "`files`, and say which domain they come from with `target`. Each image gets its label and the ten "
+        "`files`, and say which domain they come from with `target`. The other parameters (`target`, `wait`, "
+        "`webhook`) go in the query string; a form field other than `files` is refused with a 422 that says so. Each image gets its label and the ten "
         "class probabilities from the DANN adapted to that domain.\n\n"
         "Send `Accept: text/csv` for the course's CSV (`image_name,label`) instead of JSON.\n\n"
         "```\ncurl -F files=@00001.png -F files=@00002.png 'localhost:8000/classify/target-domain?target=svhn'\n"
         "curl -F files=@00001.png -H 'Accept: text/csv' 'localhost:8000/classify/target-domain?target=usps'\n```\n\n"
+        "Each image is shrunk to the model's 28x28 RGB input as it arrives (Pillow's antialiased bilinear "
+        "filter, the one the training digits were made with), after its EXIF orientation. 16-bit grey PNGs are "
+        "scaled by their bit depth; transparent pixels (alpha channel or transparent colour) are composited onto "
+        "white; an MPO (multi-picture JPEG) uses its first picture. Other pixel formats get a 415 that says what "
+        "to send.\n\n"
+        "Results name each image by its file name: the base name only (no folders), characters other than "
+        "letters, digits and ` ._-()+,@` replaced by `_`, and cut to 200 characters keeping the extension "
+        "(a longer name is shortened, never refused). A file without a name is `image_NNNN.png`, by position.\n\n"
         "Limits: `MAX_FILES` files, `MAX_FILE_BYTES` per file, `MAX_BODY_BYTES` per request, "
         "`MAX_IMAGE_PIXELS` per image."
     ),
     responses={
         **job_responses(CLASSIFY_DONE_EXAMPLE, extra_media={"text/csv": "image_name,label\n00001.png,3\n"}),
-        **error_responses(413, 415, 422, 429, 500, 503),
+        **error_responses(409, 413, 415, 422, 429, 500, 503),
     },
 )
 async def classify_target_domain(
@@ -50,33 +63,47 @@ async def classify_target_domain(
     workers: WorkersDep,
     settings: SettingsDep,
     representation: RepresentationDep,
+    idempotency_key: IdempotencyKeyDep,
+    request: Request,
 ) -> Response:
+    only_files(await request.form(), "files", ClassifyQuery)  # parsed already: FastAPI read `files` from it
+    check_webhook(query.webhook, settings)
     wait = wait_seconds(query.wait, settings)
     if len(files) > settings.max_files:
         raise TooLarge(
             f"{len(files)} files is more than {settings.max_files} per request (MAX_FILES): split them into several requests"
         )
     await workers.require(CLASSIFY_ROLES[query.target])
-    checked = []
+    names: list[str] = []
+    digits: list[np.ndarray] = []
     for index, upload in enumerate(files):
         name = clean_name(upload.filename, index)
         # .size comes from the multipart parser; read one byte past the limit in case it is absent.
         data = await upload.read(settings.max_file_bytes + 1)
+        await upload.close()  # its spooled bytes go now, not at the end of the request
         if len(data) > settings.max_file_bytes:
             raise TooLarge(
                 f"{name!r} is larger than {settings.max_file_bytes:,} bytes (MAX_FILE_BYTES): downscale or re-compress it"
             )
-        image = await run_in_threadpool(check_image, name, data, max_pixels=settings.max_image_pixels)
-        checked.append(CheckedImage(name, image))
+        # One image decoded at a time (and per core across requests), and only its 28x28 digit kept.
+        async with decode_slot():
+            digits.append(await run_in_threadpool(check_image, name, data, max_pixels=settings.max_image_pixels))
+        names.append(name)
     job_id = new_job_id()
-    stored = await run_in_threadpool(store_inputs, settings.results_dir, job_id, checked)
-    names = [image.name for image in checked]
+    stored = await run_in_threadpool(store_inputs, settings.results_dir, job_id, digits)
     record = await jobs.submit(
         JobKind.classify,
         TASK_CLASSIFY,
         kwargs={"target": query.target, "inputs": stored, "names": names},
         params={"target": query.target, "files": len(names)},
         job_id=job_id,
+        webhook=query.webhook,
+        # The same images (as the model sees them) under the same names: the same job.
+        idempotency=Idempotency.of(
+            idempotency_key,
+            "POST /classify/target-domain",
+            {"target": query.target, "images": [[name, digest(d.tobytes())] for name, d in zip(names, digits)]},
+        ),
     )
     state = await jobs.wait(record.id, wait)
     return job_response(record, state, representation=representation, results_dir=settings.results_dir)

@@ -8,25 +8,42 @@ from typing import Any
 from ..schemas import JOB_QUEUED_EXAMPLE, ErrorBody, JobPublic
 
 _ERRORS: dict[int, tuple[str, str]] = {
+    401: (
+        "No API key, or a wrong one (the server sets `API_KEYS`): send one as `X-API-Key: <key>` or "
+        "`Authorization: Bearer <key>`.",
+        "missing API key: this server requires one for every endpoint but /healthz; send it in the X-API-Key "
+        "header (or as Authorization: Bearer <key>). In /docs, enter it with the Authorize button.",
+    ),
+    403: (
+        "Sent by a web page of another origin that `CORS_ALLOW_ORIGINS` does not list: nothing was created.",
+        "cross-origin POST from http://evil.example refused: this service takes requests that create or change "
+        "jobs only from its own pages and the origins in CORS_ALLOW_ORIGINS; nothing was created. ...",
+    ),
     404: (
         "No such job (never created here, or expired), or no such file in it.",
         "no job 'abc': it was never created here or has expired",
     ),
     409: (
-        "The job has not finished yet: poll `GET /jobs/{id}`.",
+        "A job's file before the job has finished (poll `GET /jobs/{id}`); or, on a POST, an `Idempotency-Key` "
+        "first sent with other parameters (nothing was created).",
         "job 9f1c... is still running: poll GET /jobs/9f1c... until it has succeeded",
     ),
     413: (
         "Too large: the body, a file, the number of files or an image's pixel count is over its limit.",
         "'big.png' is 50000x50000 = 2,500,000,000 pixels, above the limit of 16,777,216 (MAX_IMAGE_PIXELS): downscale it",
     ),
-    415: ("A file is not a PNG or JPEG image.", "'notes.txt' is not an image Pillow can read: send PNG or JPEG"),
+    415: (
+        "A file is not a PNG or JPEG image; or a body that is not the endpoint's media type (the /generate "
+        "endpoints take their parameters as a JSON object, `Content-Type: application/json`).",
+        "'notes.txt' is not an image Pillow can read: send PNG or JPEG",
+    ),
     422: (
         "A parameter is missing, unknown or out of range, or an image is truncated; `detail` names it and the allowed values.",
         "invalid request: query parameter 'n': Input should be less than or equal to 64 (got 100)",
     ),
     429: (
-        "The job's queue is full (`MAX_QUEUED_SMALL` / `MAX_QUEUED_DIFFUSION`): nothing was created; "
+        "Too many requests: this client's rate limit (`RATE_LIMIT` for POSTs, `RATE_LIMIT_READS` for GETs) is "
+        "used up, or the job's queue is full (`MAX_QUEUED_SMALL` / `MAX_QUEUED_DIFFUSION`). Nothing was created; "
         "retry after `Retry-After` seconds.",
         "the 'diffusion' queue already holds 100 waiting jobs, its limit (MAX_QUEUED_DIFFUSION=100): nothing was "
         "created; retry after 10 s",

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Response
 
 from workers.protocol import DIGIT_ROLE, TASK_DIGITS
 
-from ..deps import JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from ..body_params import json_body_doc, parameters
+from ..deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
 from ..errors import InvalidParameter
+from ..idempotency import Idempotency
 from ..jobs import job_response
-from ..schemas import DIGITS_DONE_EXAMPLE, DigitsQuery, JobKind, JobPublic
+from ..query_checks import strict_query
+from ..schemas import DIGITS_DONE_EXAMPLE, T_STEPS, DigitsQuery, JobKind, JobPublic
 from .common import draw_seed, error_responses, job_responses
 
-router = APIRouter(prefix="/generate", tags=["generate"])
+router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Depends(strict_query)])
 
 
 @router.post(
@@ -25,7 +28,8 @@ router = APIRouter(prefix="/generate", tags=["generate"])
         "Samples `n` MNIST-M-style digits of `label` (absent: `n` of every digit, a grid row per label, "
         "the report's 10x10 figure) from the class-conditional diffusion model. `frames=true` adds the "
         "reverse process of the first image at t = 400, 320, 240, 160, 80, 0 (for a few-step sampler, the nearest "
-        "step it visits).\n\n"
+        "step it visits), and `GET /jobs/{id}/events` streams them live while the job runs; `animation=true` adds an "
+        "animated PNG of the whole reverse process.\n\n"
         "By default the digits come from the model's recommended few-step configuration (`GET /models` shows it; "
         "`sampler`, `steps`, `guidance` and `guidance_from`/`guidance_to` override it).\n\n"
         "A diffusion job reports its progress: if it is not done within `wait`, the answer is `202` and "
@@ -36,15 +40,17 @@ router = APIRouter(prefix="/generate", tags=["generate"])
     ),
     responses={
         **job_responses(DIGITS_DONE_EXAMPLE, extra_media={"image/png": "the grid PNG, when `Accept: image/png`"}),
-        **error_responses(422, 429, 500, 503),
+        **error_responses(409, 415, 422, 429, 500, 503),
     },
+    openapi_extra={"requestBody": json_body_doc(DigitsQuery)},
 )
 async def generate_digits(
-    query: Annotated[DigitsQuery, Query()],
+    query: Annotated[DigitsQuery, Depends(parameters(DigitsQuery))],
     jobs: JobsDep,
     workers: WorkersDep,
     settings: SettingsDep,
     representation: RepresentationDep,
+    idempotency_key: IdempotencyKeyDep,
 ) -> Response:
     wait = wait_seconds(query.wait, settings)
     labels = [query.label] if query.label is not None else list(range(10))
@@ -54,10 +60,17 @@ async def generate_digits(
             f"{settings.max_digit_images} (MAX_DIGIT_IMAGES): lower n or pick one label"
         )
     model = await workers.require(DIGIT_ROLE)
-    if model is not None and model.num_train_timesteps and (query.steps or 0) > model.num_train_timesteps:
+    # No worker live yet (the job may queue for one): the shipped model's timesteps, as the schema says.
+    timesteps = (model.num_train_timesteps if model is not None else None) or T_STEPS
+    if (query.steps or 0) > timesteps:
         raise InvalidParameter(
-            f"steps={query.steps} is more than the model's {model.num_train_timesteps} diffusion timesteps: "
-            f"use at most {model.num_train_timesteps}"
+            f"steps={query.steps} is more than the model's {timesteps} diffusion timesteps: use at most {timesteps}"
+        )
+    if query.sampler == "ddpm" and query.steps is not None and query.steps != timesteps:
+        raise InvalidParameter(
+            f"sampler=ddpm always runs all {timesteps} of the model's diffusion timesteps, so steps={query.steps} "
+            f"cannot apply: drop `steps` (or send steps={timesteps}), or pick a few-step sampler "
+            "(unipc, dpmpp-2m, dpmpp-2m-sde, ddim)"
         )
     params = {
         "labels": labels,
@@ -68,7 +81,11 @@ async def generate_digits(
         "guidance": query.guidance,
         "guidance_interval": query.guidance_interval,
         "frames": query.frames,
+        "animation": query.animation,
     }
-    record = await jobs.submit(JobKind.digits, TASK_DIGITS, kwargs=params, params=params)
+    idempotency = Idempotency.of(idempotency_key, "POST /generate/digits", query.model_dump(exclude={"wait"}))
+    record = await jobs.submit(
+        JobKind.digits, TASK_DIGITS, kwargs=params, params=params, idempotency=idempotency, webhook=query.webhook
+    )
     state = await jobs.wait(record.id, wait)
     return job_response(record, state, representation=representation, results_dir=settings.results_dir)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Response
 
 from workers.protocol import FACE_ROLES, TASK_FACES
 
-from ..deps import JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from ..body_params import json_body_doc, parameters
+from ..deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from ..idempotency import Idempotency
 from ..jobs import job_response
+from ..query_checks import strict_query
 from ..schemas import FACES_DONE_EXAMPLE, FacesQuery, JobKind, JobPublic
 from .common import draw_seed, error_responses, job_responses
 
-router = APIRouter(prefix="/generate", tags=["generate"])
+router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Depends(strict_query)])
 
 
 @router.post(
@@ -28,19 +31,25 @@ router = APIRouter(prefix="/generate", tags=["generate"])
     ),
     responses={
         **job_responses(FACES_DONE_EXAMPLE, extra_media={"image/png": "the grid PNG, when `Accept: image/png`"}),
-        **error_responses(422, 429, 500, 503),
+        **error_responses(409, 415, 422, 429, 500, 503),
     },
+    openapi_extra={"requestBody": json_body_doc(FacesQuery)},
 )
 async def generate_faces(
-    query: Annotated[FacesQuery, Query()],
+    query: Annotated[FacesQuery, Depends(parameters(FacesQuery))],
     jobs: JobsDep,
     workers: WorkersDep,
     settings: SettingsDep,
     representation: RepresentationDep,
+    idempotency_key: IdempotencyKeyDep,
 ) -> Response:
     wait = wait_seconds(query.wait, settings)
     await workers.require(FACE_ROLES[query.model])
     params = {"n": query.n, "model": query.model, "seed": draw_seed() if query.seed is None else query.seed}
-    record = await jobs.submit(JobKind.faces, TASK_FACES, kwargs=params, params=params)
+    # The request as sent (a drawn seed is not part of it): what a retry must repeat.
+    idempotency = Idempotency.of(idempotency_key, "POST /generate/faces", query.model_dump(exclude={"wait"}))
+    record = await jobs.submit(
+        JobKind.faces, TASK_FACES, kwargs=params, params=params, idempotency=idempotency, webhook=query.webhook
+    )
     state = await jobs.wait(record.id, wait)
     return job_response(record, state, representation=representation, results_dir=settings.results_dir)

@@ -9,14 +9,16 @@ from redis.exceptions import RedisError
 from workers.protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES
 
 from ..deps import RedisDep, WorkersDep
-from ..schemas import Health, Readiness, ReadyCheck
+from ..schemas import Health, Readiness, ReadyCheck, WorkerPublic
 
 router = APIRouter(tags=["operations"])
+# Apart from ``router`` because it stays open when API keys are on (api.security).
+liveness = APIRouter(tags=["operations"])
 
 SERVED_ROLES = (*FACE_ROLES.values(), DIGIT_ROLE, *CLASSIFY_ROLES.values())
 
 
-@router.get(
+@liveness.get(
     "/healthz",
     response_model=Health,
     summary="Liveness: the API process answers",
@@ -33,8 +35,8 @@ async def healthz() -> Health:
     summary="Readiness: Redis, a worker and its models",
     description=(
         "`200` when Redis answers, at least one worker process is reporting, and every served model "
-        "(faces A and B, digits, classify svhn and usps) is loaded by some worker; otherwise `503` with "
-        "the failing checks and why.\n\n```\ncurl localhost:8000/readyz\n```"
+        "(faces A and B, digits, classify svhn and usps) is loaded and warmed up (one forward pass done) by "
+        "some worker; otherwise `503` with the failing checks and why.\n\n```\ncurl localhost:8000/readyz\n```"
     ),
     responses={503: {"model": Readiness, "description": "Not ready: `checks` says what is missing."}},
 )
@@ -56,17 +58,28 @@ async def readyz(redis: RedisDep, workers: WorkersDep) -> JSONResponse:
             else "no worker is reporting: start one (celery -A workers.celery_app worker)",
         )
     )
-    loaded = {model.role for worker in live for model in worker.models}
-    absent = [role for role in SERVED_ROLES if role not in loaded]
-    reasons = {m.role: f"{m.name}: {m.reason}" for worker in live for m in worker.missing}
-    checks.append(
-        ReadyCheck(
-            name="models",
-            ok=not absent,
-            detail=f"all {len(SERVED_ROLES)} served models loaded"
-            if not absent
-            else "not loaded: " + "; ".join(reasons.get(role, role) for role in absent),
-        )
-    )
+    checks.append(models_check(live))
     body = Readiness(ready=all(check.ok for check in checks), checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
+
+
+def models_check(live: list[WorkerPublic]) -> ReadyCheck:
+    """Every served model loaded and warm on some live worker; else which are not, and why."""
+    loaded = {model.role: model.name for worker in live for model in worker.models}
+    warm = {model.role for worker in live for model in worker.models if model.warm}
+    absent = [role for role in SERVED_ROLES if role not in loaded]
+    cold = [role for role in SERVED_ROLES if role in loaded and role not in warm]
+    reasons = {m.role: f"{m.name}: {m.reason}" for worker in live for m in worker.missing}
+    problems = []
+    if absent:
+        problems.append("not loaded: " + "; ".join(reasons.get(role, role) for role in absent))
+    if cold:
+        problems.append(
+            "not warm yet (loaded, first forward pass running): "
+            + ", ".join(f"{role} ({loaded[role]})" for role in cold)
+        )
+    return ReadyCheck(
+        name="models",
+        ok=not problems,
+        detail=" | ".join(problems) or f"all {len(SERVED_ROLES)} served models loaded and warmed up",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, Response
 
 from workers.protocol import IMAGE_NAME_RE
@@ -12,10 +12,11 @@ from workers.protocol import IMAGE_NAME_RE
 from ..deps import JobsDep, SettingsDep, wait_seconds
 from ..errors import FileNotFound, JobNotFinished
 from ..jobs import JobRecord, JobState, predictions_csv, to_public
+from ..query_checks import strict_query
 from ..schemas import JobKind, JobPublic, JobStatus, JobWaitQuery
 from .common import error_responses
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(strict_query)])
 
 JobId = Annotated[
     str,

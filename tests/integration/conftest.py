@@ -16,7 +16,7 @@ import pytest
 
 from api.processes import RedisServer
 
-from .stack import PLUMBING_LIMITS, REPO, SERVED, Stack, start_stack, write_plumbing_checkpoints
+from .stack import PLUMBING_LIMITS, PLUMBING_WORKER_ENV, REPO, SERVED, Stack, start_stack, write_plumbing_checkpoints
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,12 @@ def service(
     redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     yield from start_stack(
-        redis_server, 0, plumbing_checkpoints, tmp_path_factory.mktemp("plumbing"), **PLUMBING_LIMITS
+        redis_server,
+        0,
+        plumbing_checkpoints,
+        tmp_path_factory.mktemp("plumbing"),
+        worker_env=PLUMBING_WORKER_ENV,
+        **PLUMBING_LIMITS,
     )
 
 

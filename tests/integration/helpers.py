@@ -58,7 +58,7 @@ def poll(client: httpx.Client, url: str, timeout: float = 120.0) -> tuple[dict[s
         job = client.get(url).json()
         if job.get("progress"):
             seen.append(job["progress"])
-        if job["status"] in ("succeeded", "failed"):
+        if job["status"] in ("succeeded", "failed", "canceled"):
             return job, seen
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not finish within {timeout} s")

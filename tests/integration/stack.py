@@ -8,6 +8,7 @@ different databases keep their queues and results apart.
 
 from __future__ import annotations
 
+import base64
 import math
 import os
 import subprocess
@@ -24,12 +25,27 @@ import uvicorn
 from api.config import Settings
 from api.main import create_app
 from api.processes import RedisServer, free_port
-from api.stack import LocalStack, worker_specs
+from api.stack import LocalStack, webhook_worker_spec, worker_specs
 from workers.protocol import QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 SERVED = ("dcgan-A", "dcgan-B", "ddpm-digits", "dann-svhn", "dann-usps")
 PLUMBING_T = 40  # diffusion timesteps of the untrained test model
+
+# The tests send bursts from one address, without keys: a stack gets keys and rate limits only when a
+# test asks for them, whatever the environment says.
+OPEN_ACCESS: dict[str, object] = {"api_keys": "", "rate_limit": "off", "rate_limit_reads": "off"}
+
+# Webhooks to receivers on this machine (tests/integration/test_webhooks.py): the loopback address is
+# listed as an IP, which is what lets a delivery reach it (workers.webhook_policy).
+WEBHOOK_HOST = "127.0.0.1"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"genserve-test-webhook-key-32byte").decode()
+PLUMBING_WORKER_ENV = {
+    "WEBHOOK_ALLOWED_HOSTS": WEBHOOK_HOST,
+    "WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "WEBHOOK_BACKOFF_S": "1",
+    "WEBHOOK_TIMEOUT_S": "5",
+}
 
 # Small limits, so the bad-input tests send small bodies.
 PLUMBING_LIMITS: dict[str, object] = {
@@ -40,6 +56,7 @@ PLUMBING_LIMITS: dict[str, object] = {
     "max_digit_images": 100,
     "default_wait_s": 60.0,
     "max_wait_s": 90.0,
+    "webhook_allowed_hosts": WEBHOOK_HOST,
 }
 
 
@@ -116,6 +133,7 @@ def start_stack(
     *,
     queues: tuple[str, ...] = QUEUES,
     worker_env: dict[str, str] | None = None,
+    webhooks: bool = True,
     **limits: object,
 ) -> Iterator[Stack]:
     """Start the workers of ``queues`` and an API on database ``db``; yields the stack, then stops them."""
@@ -136,10 +154,16 @@ def start_stack(
     for spec in worker_specs(torch_threads=1):
         if spec.queue in queues:
             processes.start_worker(spec)
+    if webhooks:
+        processes.start_worker(webhook_worker_spec())
     server = thread = None
     try:
         settings = Settings(
-            _env_file=None, redis_url=redis_url, results_dir=results_dir, checkpoint_dir=checkpoint_dir, **limits
+            _env_file=None,
+            redis_url=redis_url,
+            results_dir=results_dir,
+            checkpoint_dir=checkpoint_dir,
+            **{**OPEN_ACCESS, **limits},
         )
         port = free_port()
         server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))

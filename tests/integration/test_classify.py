@@ -73,3 +73,34 @@ def test_same_image_same_prediction(service: Stack) -> None:
         "result"
     ]["predictions"]
     assert predictions[0]["probabilities"] == predictions[1]["probabilities"]
+
+
+def test_large_deep_and_transparent_uploads_become_the_same_digit(service: Stack) -> None:
+    """Each upload is decoded to its 28x28 digit in the API; the worker gets one small array, not the images."""
+    bar = np.full((56, 56), 255, np.uint8)
+    bar[8:48, 22:34] = 0  # a dark "1" on white
+    big = np.asarray(Image.fromarray(bar).resize((1000, 1000), Image.Resampling.NEAREST))  # the stack's MAX_IMAGE_PIXELS
+    sixteen = Image.fromarray(bar.astype(np.uint16) * 257)  # a 16-bit grey PNG: white stays white, black black
+    transparent = Image.fromarray(np.dstack([np.zeros_like(bar)] * 3 + [255 - bar]), "RGBA")  # ink on nothing
+    uploads = [
+        ("plain.png", png_bytes(bar), "image/png"),
+        ("big.png", png_bytes(big), "image/png"),
+        ("big.jpg", png_bytes(big, "JPEG"), "image/jpeg"),
+        ("sixteen.png", png_bytes(sixteen), "image/png"),
+        ("transparent.png", png_bytes(transparent), "image/png"),
+        ("n" * 300 + ".png", png_bytes(bar), "image/png"),
+    ]
+    response = service.client.post("/classify/target-domain", params={"target": "usps"}, files=files_field(uploads))
+    assert response.status_code == 200, response.text
+    job = response.json()
+    predictions = job["result"]["predictions"]
+    assert predictions[-1]["image_name"] == "n" * 196 + ".png"  # cut to 200 characters, extension kept
+    # The same picture at any size, depth or transparency is the same digit for the model (within 1/255 a pixel).
+    reference = predictions[0]["probabilities"]
+    for prediction in predictions[1:]:
+        assert max(abs(p - q) for p, q in zip(prediction["probabilities"], reference)) < 0.05, prediction
+    inputs = service.results_dir / job["id"] / "inputs"
+    assert [path.name for path in inputs.iterdir()] == ["digits.npy"]
+    stored = np.load(inputs / "digits.npy")
+    assert stored.shape == (len(uploads), 28, 28, 3) and stored.dtype == np.uint8
+    assert np.abs(stored.astype(int) - stored[0].astype(int)).max() <= 2

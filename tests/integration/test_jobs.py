@@ -68,7 +68,7 @@ def test_models_lists_what_the_workers_loaded_from_the_cards(service: Stack) -> 
     assert set(workers) == {("small",), ("diffusion",)}
     for worker in workers.values():
         assert worker["device"] == "cpu" and worker["missing"] == []
-        assert worker["checkpoint_dir"] == str(service.checkpoint_dir)
+        assert "checkpoint_dir" not in worker  # a path of the workers' machine (tests/integration/test_access.py)
     assert [m["role"] for m in workers[("diffusion",)]["models"]] == ["digits"]
     assert {m["role"] for m in workers[("small",)]["models"]} == {"faces:A", "faces:B", "classify:svhn", "classify:usps"}
     models = {m["role"]: m for w in workers.values() for m in w["models"]}

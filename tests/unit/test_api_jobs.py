@@ -16,6 +16,10 @@ class SoftTimeLimitExceeded(Exception):
     pass
 
 
+class JobCanceled(Exception):  # the worker's exception arrives by name (workers.protocol.CANCELED_ERROR)
+    pass
+
+
 @pytest.mark.parametrize(
     "meta, status",
     [
@@ -25,10 +29,11 @@ class SoftTimeLimitExceeded(Exception):
         ({"status": "PROGRESS", "result": {"step": 3, "total": 25}}, JobStatus.running),
         ({"status": "SUCCESS", "result": {"kind": "faces"}}, JobStatus.succeeded),
         ({"status": "FAILURE", "result": ValueError("boom")}, JobStatus.failed),
-        ({"status": "REVOKED", "result": None}, JobStatus.failed),
+        ({"status": "REVOKED", "result": None}, JobStatus.canceled),
+        ({"status": "FAILURE", "result": JobCanceled("stop")}, JobStatus.canceled),
     ],
 )
-def test_celery_states_map_to_four_public_ones(meta: dict, status: JobStatus) -> None:
+def test_celery_states_map_to_five_public_ones(meta: dict, status: JobStatus) -> None:
     assert state_from_meta(meta).status is status
 
 

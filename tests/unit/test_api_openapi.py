@@ -43,6 +43,8 @@ def test_every_endpoint_of_the_users_path_is_there(schema: dict[str, Any]) -> No
         ("get", "/jobs/{job_id}"),
         ("get", "/jobs/{job_id}/images/{name}"),
         ("get", "/jobs/{job_id}/predictions.csv"),
+        ("get", "/jobs/{job_id}/events"),
+        ("post", "/jobs/{job_id}/cancel"),
         ("get", "/models"),
         ("get", "/healthz"),
         ("get", "/readyz"),

@@ -76,7 +76,7 @@ def test_accept_header_negotiation(accept: str | None, expected: str) -> None:
         ("/generate/faces", {"n": 100}, ["'n'", "64"]),
         ("/generate/faces", {"colour": "red"}, ["'colour'", "not a parameter"]),
         ("/generate/faces", {"wait": 10_000}, ["MAX_WAIT_S"]),
-        ("/generate/digits", {"sampler": "ddpm", "steps": 5}, ["ddim"]),
+        ("/generate/digits", {"guidance_from": 300, "guidance_to": 100}, ["query parameters:", "guidance_from=300"]),
     ],
 )
 def test_bad_parameters_are_422_before_anything_is_queued(

@@ -21,6 +21,7 @@ from models.unet import ConditionalUNet, UNetConfig
 from workers import runners
 from workers.batching import MicroBatcher
 from workers.config import WorkerSettings
+from workers.digit_inputs import INPUTS_FILE, save_digits
 from workers.protocol import INPUTS_DIR
 from workers.registry import SERVED, ModelUnavailable, Registry
 from workers.storage import JobFiles, prune_expired
@@ -103,22 +104,23 @@ def test_ddim_defaults_to_25_steps_and_a_drawn_seed(registry: Registry, tmp_path
     assert isinstance(result["seed"], int) and result["steps"] == 2 and result["guidance"] == 1.0
 
 
-def test_classify_reads_the_stored_inputs(registry: Registry, tmp_path: Path) -> None:
+def test_classify_reads_the_stored_digits(registry: Registry, tmp_path: Path) -> None:
     files = JobFiles(tmp_path, JOB)
-    (files.dir / INPUTS_DIR).mkdir(parents=True)
-    for i, size in enumerate((16, 32, 100)):
-        Image.new("RGB", (size, size), (i * 50, 0, 0)).save(files.dir / INPUTS_DIR / f"{i:04d}.png")
+    digits = np.stack([np.full((28, 28, 3), (i * 50, 0, 0), np.uint8) for i in range(3)])
+    stored = save_digits(files.dir / INPUTS_DIR, digits)
     result = runners.classify_digits(
-        registry.get("classify:usps"),
-        files,
-        target="usps",
-        inputs=["0000.png", "0001.png", "0002.png"],
-        names=["a", "b", "c"],
+        registry.get("classify:usps"), files, target="usps", inputs=stored, names=["a", "b", "c"]
     )
     assert [p["image_name"] for p in result["predictions"]] == ["a", "b", "c"]
     assert all(len(p["probabilities"]) == 10 for p in result["predictions"])
+    # The worker classifies exactly the stored digits, scaled to [0, 1].
+    expected = registry.get("classify:usps").pipeline(torch.from_numpy(digits).permute(0, 3, 1, 2) / 255.0)
+    for row, probabilities in zip(result["predictions"], expected.probabilities.tolist(), strict=True):
+        assert max(abs(p - q) for p, q in zip(row["probabilities"], probabilities)) < 1e-5
+    with pytest.raises(ValueError, match="holds 3 digits"):
+        runners.classify_digits(registry.get("classify:usps"), files, target="usps", inputs=stored, names=["x"])
     with pytest.raises(FileNotFoundError, match="RESULTS_DIR"):
-        runners.classify_digits(registry.get("classify:usps"), files, target="usps", inputs=["9.png"], names=["x"])
+        runners.classify_digits(registry.get("classify:usps"), files, target="usps", inputs="gone.npy", names=["x"])
 
 
 def test_job_folders_are_named_by_job_id_only(tmp_path: Path) -> None:
@@ -213,17 +215,14 @@ def test_batched_classification_is_each_request_alone(registry: Registry, tmp_pa
     generator = torch.Generator().manual_seed(0)
     counts = [1, 3, 2, 5]
     for i, count in enumerate(counts):
-        inputs = JobFiles(tmp_path, f"{i:032x}").dir / INPUTS_DIR
-        inputs.mkdir(parents=True)
-        for k in range(count):
-            pixels = (torch.rand(20, 20, 3, generator=generator) * 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(inputs / f"{k}.png")
+        pixels = (torch.rand(count, 28, 28, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        save_digits(JobFiles(tmp_path, f"{i:032x}").dir / INPUTS_DIR, pixels)
 
     def job(i: int, batcher: MicroBatcher | None) -> dict:
         names = [f"{k}.png" for k in range(counts[i])]
         files = JobFiles(tmp_path, f"{i:032x}")
         return runners.classify_digits(
-            model, files, target="svhn", inputs=names, names=names, batcher=batcher, max_batch=64, chunk=4
+            model, files, target="svhn", inputs=INPUTS_FILE, names=names, batcher=batcher, max_batch=64, chunk=4
         )
 
     alone = [job(i, None) for i in range(len(counts))]

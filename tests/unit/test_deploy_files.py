@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from api.stack import worker_specs
+from api.stack import SHUTDOWN_MARGIN_S, worker_specs
 from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +57,7 @@ def _option(command: list[str], flag: str) -> str:
 
 
 def test_redis_api_and_a_worker_per_queue_with_health_checks(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "api", *WORKERS}
+    assert set(compose["services"]) == {"redis", "api", *WORKERS, "flower"}
     for name, service in compose["services"].items():
         check = service.get("healthcheck", {})
         assert check.get("test"), f"{name} has no health check"
@@ -90,6 +92,28 @@ def test_api_serves_the_app_on_port_8000(compose: dict[str, Any]) -> None:
     assert command[command.index("--port") + 1] == "8000" and command[command.index("--host") + 1] == "0.0.0.0"
     assert any(str(port).endswith(":8000") for port in api["ports"])
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` and ``${VAR}``, as ``docker compose`` resolves them in ``env``."""
+    return re.sub(
+        r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m.group(1)) or (m.group(2) or ""), value
+    )
+
+
+def test_the_api_is_published_on_localhost_unless_bind_says_otherwise(compose: dict[str, Any]) -> None:
+    (published,) = compose["services"]["api"]["ports"]
+    assert _interpolate(str(published), {}) == "127.0.0.1:8000:8000"
+    assert _interpolate(str(published), {"BIND": "0.0.0.0", "PORT": "9000"}) == "0.0.0.0:9000:8000"
+
+
+def test_the_api_gets_its_access_settings_from_the_shell(compose: dict[str, Any]) -> None:
+    api_env = compose["services"]["api"]["environment"]
+    for name in ("API_KEYS", "CORS_ALLOW_ORIGINS", "RATE_LIMIT", "RATE_LIMIT_READS"):
+        # No value: compose passes the shell's (or .env's) when set, and leaves the setting's default otherwise.
+        assert name in api_env and api_env[name] is None, name
+    for name in WORKERS:  # the workers need none of them
+        assert "API_KEYS" not in _env(compose["services"][name])
 
 
 @pytest.mark.parametrize("name, queue", sorted(WORKERS.items()))
@@ -174,3 +198,54 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "var", ".env"} <= ignored
+
+
+# -- graceful stop and Flower ------------------------------------------------------------------------------
+
+
+def test_a_stopped_diffusion_worker_requeues_its_job_before_docker_kills_it(compose: dict[str, Any]) -> None:
+    diffusion = compose["services"][f"worker-{QUEUE_DIFFUSION}"]
+    spec = next(spec for spec in worker_specs() if spec.queue == QUEUE_DIFFUSION)
+    # SIGTERM starts Celery's soft shutdown, as in `make run` (api.stack.WorkerSpec.env).
+    assert _env(diffusion)["REMAP_SIGTERM"] == spec.env()["REMAP_SIGTERM"] == "SIGQUIT"
+    grace = float(_env(diffusion)["SHUTDOWN_GRACE_S"])
+    for name in WORKERS:  # docker's SIGKILL comes only after the grace and the requeue
+        period = compose["services"][name]["stop_grace_period"]
+        assert period.endswith("s") and float(period[:-1]) >= grace + SHUTDOWN_MARGIN_S, name
+    # The threads pool cannot cancel a job: the small worker keeps Celery's warm shutdown.
+    assert "REMAP_SIGTERM" not in _env(compose["services"][f"worker-{QUEUE_SMALL}"])
+
+
+def test_flower_runs_from_the_app_image_with_basic_auth_on_localhost_only(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    api = compose["services"]["api"]
+    assert flower["build"] == api["build"] and flower["image"] == api["image"]
+    assert flower["profiles"] == ["monitoring"]  # only when asked for
+    assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert _env(flower)["REDIS_URL"] == _env(api)["REDIS_URL"]
+    assert _env(flower)["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"  # no default password in the file
+    (published,) = flower["ports"]
+    assert _interpolate(str(published), {}) == "127.0.0.1:5555:5555"
+    assert _interpolate(str(published), {"FLOWER_PORT": "6000"}) == "127.0.0.1:6000:5555"
+    script = flower["command"][-1]
+    assert "celery -A workers.celery_app flower" in script and "--port=5555" in script
+    assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("password", ["", None])
+def test_flower_refuses_to_start_without_a_password(compose: dict[str, Any], password: str | None) -> None:
+    command = compose["services"]["flower"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    script = command[2].replace("$$", "$")  # compose's escape for a literal $
+    env = {"PATH": os.environ["PATH"]}
+    if password is not None:
+        env["FLOWER_BASIC_AUTH"] = password
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=10)
+    assert done.returncode == 64 and "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def test_the_image_installs_flower(dockerfile: DockerfileParser) -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("flower") for req in extras["monitoring"])
+    runs = " ".join(i["value"] for i in dockerfile.structure if i["instruction"] == "RUN")
+    assert '.[monitoring]' in runs

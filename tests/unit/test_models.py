@@ -12,7 +12,7 @@ from models.dann import DANN, grad_reverse, reversal_coefficient
 from models.dcgan import DCGANConfig, Discriminator, Generator, weights_init
 from models.digit_classifier import DigitClassifier
 from models.loading import load_pipeline
-from models.pipelines import DannClassifier, DigitPipeline, FacePipeline, digits_from_pil, normalize_digits
+from models.pipelines import DannClassifier, DigitPipeline, FacePipeline, digits_from_uint8, normalize_digits
 from models.scheduler import NoiseSchedule, NoiseScheduleConfig
 from models.unet import NULL_LABEL, ConditionalUNet, UNetConfig
 
@@ -144,12 +144,17 @@ def test_face_pipeline_is_seeded() -> None:
 
 
 def test_dann_classifier_and_preprocessing() -> None:
-    from PIL import Image
+    import numpy as np
 
-    images = [Image.new("L", (16, 16), 200), Image.new("RGB", (300, 120), (10, 20, 30))]
-    x = digits_from_pil(images)
+    digits = np.zeros((2, 28, 28, 3), np.uint8)
+    digits[0] = 200
+    digits[1, ..., 2] = 30
+    x = digits_from_uint8(digits)
     assert x.shape == (2, 3, 28, 28) and x.dtype == torch.float32
     assert torch.allclose(x[0], torch.full((3, 28, 28), 200 / 255))
+    assert torch.allclose(x[1, 2], torch.full((28, 28), 30 / 255)) and x[1, :2].abs().max() == 0  # channels first
+    with pytest.raises(ValueError, match="uint8"):
+        digits_from_uint8(digits.astype(np.float32))
     result = DannClassifier(DANN(), normalize="per_image")(x)
     assert result.probabilities.shape == (2, 10)
     assert torch.allclose(result.probabilities.sum(1), torch.ones(2))

@@ -80,3 +80,38 @@ def test_the_api_offers_exactly_the_samplers_the_models_build() -> None:
     assert protocol.SAMPLERS == SAMPLERS
     for name in SAMPLERS:
         assert len(NoiseSchedule().make_sampler(name, None if name == "ddpm" else 4).timesteps) in (4, 400)
+
+
+def test_frames_reach_on_frame_while_sampling_in_reverse_time_order(pipe: DigitPipeline) -> None:
+    events: list[tuple[str, int]] = []
+    out = pipe(
+        [2],
+        sampler="ddim",
+        steps=10,
+        generator=torch.Generator().manual_seed(3),
+        frame_timesteps=FRAMES,
+        callback=lambda i, n: events.append(("step", i)),
+        on_frame=lambda t, image: events.append(("frame", t)),
+    )
+    frames = [t for kind, t in events if kind == "frame"]
+    assert frames == list(FRAMES), "each frame once, noisiest first"
+    first_step = events.index(("step", 1))
+    assert events.index(("frame", 400)) < first_step, "the initial noise is sent before any step"
+    assert events.index(("frame", 320)) < events.index(("step", 10)), "frames arrive before the run ends"
+
+
+def test_frame_plan_takes_the_nearest_visited_step() -> None:
+    from models.pipelines import frame_plan
+
+    # DDIM-5 (leading spacing) visits paper t = 400 (noise), 321, 241, 161, 81, 0 with these indices.
+    plan = frame_plan([320, 240, 160, 80, 0], 400, [400, 320, 300, 0])
+    assert plan == {0: [400], 1: [320, 300], 5: [0]}
+    dense = frame_plan(list(range(399, -1, -1)), 400, range(400, -1, -20))  # DDPM: every t exists
+    assert all(len(wants) == 1 for wants in dense.values()) and len(dense) == 21
+
+
+def test_the_trajectory_holds_every_visited_step_noise_first(pipe: DigitPipeline) -> None:
+    out = pipe([4], sampler="unipc", steps=5, generator=torch.Generator().manual_seed(5), trajectory=True)
+    assert [t for t, _ in out.trajectory] == [400, 320, 240, 160, 80, 0]
+    assert torch.equal(out.trajectory[-1][1], out.images[0])
+    assert not pipe([4], sampler="unipc", steps=5, generator=torch.Generator().manual_seed(5)).trajectory

@@ -1,0 +1,171 @@
+"""A stack with API keys, CORS and rate limits on: real worker, real Redis, real HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.processes import RedisServer, free_port
+
+from .helpers import open_png
+from .stack import PLUMBING_LIMITS, REPO, Stack, start_stack
+
+pytestmark = pytest.mark.integration
+
+KEYED_DB = 12
+KEY = "integration-test-key-0123456789"
+ABSOLUTE_PATH = re.compile(r'(?:^|[\s"\'(=:])/(?:[^\s/"\']+/)+')
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    # Faces only need the small-model worker.
+    yield from start_stack(
+        redis_server,
+        KEYED_DB,
+        plumbing_checkpoints,
+        tmp_path_factory.mktemp("keyed"),
+        queues=("small",),
+        **{**PLUMBING_LIMITS, "api_keys": KEY, "cors_allow_origins": "https://app.example", "rate_limit": "5/minute"},
+    )
+
+
+def test_a_keyed_stack_serves_faces_with_the_key_and_refuses_without(keyed: Stack) -> None:
+    key = {"X-API-Key": KEY}
+    refused = keyed.client.post("/generate/faces", params={"n": 2, "seed": 3, "wait": 30})
+    assert refused.status_code == 401 and "X-API-Key" in refused.json()["detail"]
+    job = keyed.client.post("/generate/faces", params={"n": 2, "seed": 3, "wait": 30}, headers=key)
+    assert job.status_code == 200, job.text
+    grid = job.json()["result"]["images"][0]["url"]
+    assert keyed.client.get(grid).status_code == 401  # a job's images are no more public than the job
+    image = keyed.client.get(grid, headers={"Authorization": f"Bearer {KEY}"})
+    assert image.status_code == 200 and open_png(image.content).size[0] > 0
+    assert keyed.client.get("/healthz").status_code == 200
+    assert keyed.client.get("/readyz", headers=key).status_code in (200, 503)  # ready or not, past the key
+
+
+def test_a_foreign_page_cannot_run_a_job_but_a_listed_one_can(keyed: Stack) -> None:
+    key = {"X-API-Key": KEY}
+    evil = keyed.client.post(
+        "/generate/faces", params={"n": 1, "wait": 0}, headers={**key, "Origin": "http://evil.example"}
+    )
+    assert evil.status_code == 403 and "http://evil.example" in evil.json()["detail"]
+    listed = keyed.client.post(
+        "/generate/faces", params={"n": 1, "wait": 0}, headers={**key, "Origin": "https://app.example"}
+    )
+    assert listed.status_code == 202 and listed.headers["access-control-allow-origin"] == "https://app.example"
+
+
+@pytest.fixture(scope="module")
+def page():
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        pytest.skip(f"no chromium at {chromium}: `apt-get install chromium` (CI installs it) or set CHROMIUM")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser.new_page()
+        browser.close()
+
+
+def test_docs_authorize_then_try_it_out_runs_a_job(keyed: Stack, page) -> None:
+    """In a real browser: /docs loads without a key, Authorize takes one, and its POST (Origin: this server) runs."""
+    page.goto(f"{keyed.base_url}/docs", wait_until="networkidle")
+    page.wait_for_selector(".opblock", timeout=20_000)
+    page.locator("button.authorize").first.click()
+    form = page.locator(".dialog-ux .auth-container", has_text="X-API-Key").first
+    form.locator("input").fill(KEY)
+    form.locator("button.authorize").click()
+    form.locator("button.btn-done").click()
+    block = page.locator(".opblock", has_text="/generate/faces").first
+    block.locator(".opblock-summary").click()
+    block.get_by_role("button", name="Try it out").click()
+    block.get_by_role("button", name="Execute").click()
+    status = block.locator(".live-responses-table tbody .response-col_status").first
+    status.wait_for(timeout=60_000)
+    assert status.inner_text().strip().startswith("200"), block.locator(".live-responses-table").inner_text()
+
+
+def test_the_job_budget_runs_out_with_retry_after(keyed: Stack) -> None:
+    key = {"X-API-Key": KEY}
+    statuses = [
+        keyed.client.post("/generate/faces", params={"n": 1, "wait": 0}, headers=key).status_code for _ in range(6)
+    ]
+    assert statuses[-1] == 429 and statuses.count(429) >= 1  # 5/minute, with the earlier tests' POSTs counted
+    refused = keyed.client.post("/generate/faces", params={"n": 1, "wait": 0}, headers=key)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert "RATE_LIMIT" in refused.json()["detail"]
+
+
+def test_models_shows_no_path_of_the_workers_machine(keyed: Stack) -> None:
+    body = keyed.client.get("/models", headers={"X-API-Key": KEY}).text
+    workers = json.loads(body)["workers"]
+    assert workers and all("checkpoint_dir" not in worker for worker in workers)
+    assert str(keyed.checkpoint_dir) not in body and not ABSOLUTE_PATH.search(body)
+
+
+def _launcher(tmp_path: Path, checkpoints: Path, **env: str) -> subprocess.Popen:
+    environ = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "API_KEYS", "HOST")}
+    environ.update(
+        CHECKPOINT_DIR=str(checkpoints), RESULTS_DIR=str(tmp_path / "results"), TORCH_THREADS="1",
+        PYTHONUNBUFFERED="1", **env,
+    )  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.launcher"],
+        cwd=REPO,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_make_run_warns_when_it_would_listen_beyond_localhost_without_keys(
+    tmp_path: Path, plumbing_checkpoints: Path
+) -> None:
+    with socket.socket() as holder:  # the port is taken, so the launcher stops right after its checks
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        bare = _launcher(tmp_path, plumbing_checkpoints, HOST="0.0.0.0", PORT=port).communicate(timeout=60)[0]
+        keyed = _launcher(tmp_path, plumbing_checkpoints, HOST="0.0.0.0", PORT=port, API_KEYS=KEY)
+        with_keys = keyed.communicate(timeout=60)[0]
+    assert "WARNING: HOST=0.0.0.0" in bare and "Set API_KEYS" in bare and f"port {port}" in bare
+    assert "WARNING" not in with_keys and f"port {port}" in with_keys
+
+
+def test_make_run_with_keys_gets_ready_and_asks_for_them(tmp_path: Path, plumbing_checkpoints: Path) -> None:
+    port = free_port()
+    launcher = _launcher(tmp_path, plumbing_checkpoints, PORT=str(port), API_KEYS=f"{KEY},other-key-0123456789")
+    lines: list[str] = []
+    try:
+        assert launcher.stdout is not None
+        deadline = time.monotonic() + 120
+        while not any("ready: workers up" in line for line in lines):  # /readyz polled with a key
+            line = launcher.stdout.readline()
+            assert line and time.monotonic() < deadline, "no 'ready' line:\n" + "".join(lines)
+            lines.append(line)
+        assert "WARNING" not in "".join(lines)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            assert client.get("/readyz").status_code == 401
+            assert client.get("/readyz", headers={"X-API-Key": KEY}).status_code == 200
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()

@@ -1,0 +1,98 @@
+"""Which webhook URLs are called, and the Standard Webhooks signature (workers.webhook_policy)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import socket
+from typing import Any
+
+import pytest
+
+from workers.config import WorkerSettings
+from workers.webhook_policy import check_webhook_url, resolve_for_delivery, secret_key, signed_headers
+
+KEY = b"0123456789abcdef0123456789abcdef"
+SECRET = "whsec_" + base64.b64encode(KEY).decode()
+
+
+@pytest.mark.parametrize(
+    "url, allowed, words",
+    [
+        ("https://hooks.example/h", [], ["webhooks are off", "WEBHOOK_ALLOWED_HOSTS"]),
+        ("https://other.example/h", ["hooks.example"], ["'other.example'", "hooks.example"]),
+        ("ftp://hooks.example/h", ["hooks.example"], ["http:// or https://"]),
+        ("https:///h", ["hooks.example"], ["with a host"]),
+        ("https://u:p@hooks.example/h", ["hooks.example"], ["password"]),
+        ("https://hooks.example:99999/h", ["hooks.example"], ["not a URL"]),
+        ("https://hooks.example.evil/h", ["hooks.example"], ["'hooks.example.evil'"]),
+    ],
+)
+def test_urls_the_server_will_not_call(url: str, allowed: list[str], words: list[str]) -> None:
+    with pytest.raises(ValueError) as caught:
+        check_webhook_url(url, allowed)
+    assert all(word in str(caught.value) for word in words), caught.value
+
+
+def test_hosts_match_whatever_their_case_port_or_ip_spelling() -> None:
+    assert check_webhook_url("https://HOOKS.example.:8443/x?y=1", [" hooks.example "]) == "hooks.example"
+    assert check_webhook_url("http://[0:0::1]:8080/x", ["::1"]) == "::1"
+
+
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, *addresses: str) -> None:
+    def getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+def test_a_listed_name_that_resolves_to_a_private_address_is_not_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    _resolving_to(monkeypatch, "93.184.215.14", "10.0.0.5")
+    with pytest.raises(ValueError, match=r"non-public address\(es\) 10\.0\.0\.5"):
+        resolve_for_delivery("https://hooks.example/h", ["hooks.example"])
+    # Listing the address itself is the operator saying "call it".
+    _resolving_to(monkeypatch, "10.0.0.5")
+    assert resolve_for_delivery("https://hooks.example/h", ["hooks.example", "10.0.0.5"]) == ("hooks.example", "10.0.0.5", 443)
+
+
+def test_a_public_address_is_called_at_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    _resolving_to(monkeypatch, "93.184.215.14")
+    assert resolve_for_delivery("http://hooks.example:8080/h", ["hooks.example"]) == ("hooks.example", "93.184.215.14", 8080)
+
+
+def test_loopback_is_called_only_when_listed_as_an_ip() -> None:
+    with pytest.raises(ValueError, match="non-public"):
+        resolve_for_delivery("http://localhost:9/h", ["localhost"])
+    assert resolve_for_delivery("http://127.0.0.1:9/h", ["127.0.0.1"]) == ("127.0.0.1", "127.0.0.1", 9)
+
+
+def test_the_signature_is_the_standard_webhooks_one() -> None:
+    body = b'{"type":"job.succeeded"}'
+    headers = signed_headers(secret_key(SECRET), "msg_abc", 1_700_000_000, body)
+    expected = base64.b64encode(hmac.new(KEY, b"msg_abc.1700000000." + body, hashlib.sha256).digest()).decode()
+    assert headers == {
+        "content-type": "application/json",
+        "webhook-id": "msg_abc",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": f"v1,{expected}",
+    }
+
+
+@pytest.mark.parametrize(
+    "secret, words",
+    [
+        ("0123456789abcdef0123456789abcdef", ["whsec_"]),
+        ("whsec_not base64!", ["not base64"]),
+        ("whsec_" + base64.b64encode(b"short").decode(), ["5 bytes", "24 to 64"]),
+    ],
+)
+def test_a_secret_not_in_whsec_form_is_refused_at_start(secret: str, words: list[str]) -> None:
+    with pytest.raises(ValueError) as caught:
+        WorkerSettings(_env_file=None, webhook_secret=secret)
+    assert all(word in str(caught.value) for word in words), caught.value
+
+
+def test_worker_settings_read_the_allowed_hosts_as_a_list() -> None:
+    settings = WorkerSettings(_env_file=None, webhook_allowed_hosts="a.example, 127.0.0.1", webhook_secret=SECRET)
+    assert settings.webhook_allowed_hosts == ["a.example", "127.0.0.1"]
