@@ -27,7 +27,7 @@ from the query string only: its form fields other than the files are refused
 import copy
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -71,9 +71,13 @@ def json_body_doc(model: type[BaseModel]) -> dict[str, Any]:
         "The parameters as a JSON object instead of (or besides) the query string: the same names, ranges and "
         "defaults. A parameter given in both must have the same value in both."
     )
-    # No example of the whole body: /docs builds one from each field's example, the same values the
-    # query parameters show, so a client that fills in both sends one request, not a conflict.
-    return {"required": False, "content": {JSON_MEDIA: {"schema": schema}}}
+    # The body /docs fills in: each field's example, the values the query parameters show (so a client
+    # that fills in both sends one request, not a conflict), but no webhook: that needs this server's
+    # WEBHOOK_ALLOWED_HOSTS, and "Try it out" should work as it comes.
+    example = {
+        name: field.examples[0] for name, field in model.model_fields.items() if field.examples and name != "webhook"
+    }
+    return {"required": False, "content": {JSON_MEDIA: {"schema": schema, "example": example}}}
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -143,8 +147,24 @@ def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
     return TypeAdapter(Annotated[field.annotation, field])
 
 
+def _integer_field(model: type[BaseModel], name: str) -> bool:
+    field = model.model_fields.get(name)
+    if field is None:
+        return False
+    return field.annotation is int or int in get_args(field.annotation)
+
+
+def json_integers(model: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
+    """JSON has one number type: ``5.0`` is the integer 5 (JSON Schema says so too), ``5.5`` is not."""
+    return {
+        name: int(value) if isinstance(value, float) and value.is_integer() and _integer_field(model, name) else value
+        for name, value in body.items()
+    }
+
+
 def merge(model: type[M], query: dict[str, Any], body: dict[str, Any]) -> M:
     """The query's parameters (already typed) and the body's (JSON values), validated as one ``model``."""
+    body = json_integers(model, body)
     problems: list[dict[str, Any]] = []
     for name in sorted(query.keys() & body.keys()):
         if name not in model.model_fields:
@@ -196,7 +216,7 @@ def only_files(form: Any, files_field: str, query_model: type[BaseModel]) -> Non
     """A multipart route takes its parameters in the query string: a form field other than the files is
     refused with a 422 that says where it goes, rather than ignored."""
     problems = []
-    for name in dict.fromkeys(key for key in form.keys() if key != files_field):
+    for name in dict.fromkeys(key for key in form if key != files_field):
         where = (
             f"send it in the query string (?{name}=...)"
             if name in query_model.model_fields

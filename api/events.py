@@ -10,7 +10,7 @@ its watch ends with the response.
 The stream, in order:
 
 - ``status``: the job as ``GET /jobs/{id}`` shows it, first and at every change of status;
-- ``frame``: ``{"t", "image"}`` (a PNG data URL), each reverse-process frame, as soon as
+- ``frame``: ``{"t", "drawn_at", "image"}`` (a PNG data URL), each reverse-process frame, as soon as
   the worker has drawn it; a client that connects late is first sent the frames so far;
 - ``progress``: ``{"step", "total"}``, after every sampling step;
 - ``done``: the finished job (succeeded, failed or canceled), then the stream ends.

@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 from .config import REPO, Settings
 from .processes import RedisServer, http_ok, port_in_use, wait_for
-from .supervision import Backoff
+from .requeue import reap_worker_group, requeue_unacked
 from .stack import LocalStack, webhook_worker_spec, worker_specs
-
+from .supervision import Backoff
 
 # Where a listening API is reachable from this machine only.
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -50,6 +50,18 @@ def exposure_warning(settings: Settings) -> str | None:
         "is empty: anyone who can reach it can run jobs and read every result. Set API_KEYS (e.g. "
         "API_KEYS=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')), or HOST=127.0.0.1."
     )
+
+
+def give_back(name: str, queues: tuple[str, ...], redis_url: str) -> None:
+    """Before a dead worker's successor starts: the jobs it had taken go back on their queue at once."""
+    try:
+        jobs = requeue_unacked(redis_url, queues)
+    except Exception as err:  # noqa: BLE001 - Redis may be down too; the visibility timeout still applies
+        print(f"could not requeue the {name}'s unfinished jobs ({err}); they run again after the visibility timeout",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return
+    if jobs:
+        print(f"the {name} died with {len(jobs)} job(s) unfinished: back on the queue ({', '.join(jobs)})", flush=True)
 
 
 def main() -> int:
@@ -113,6 +125,8 @@ def main() -> int:
         }
         if redis is not None:
             restart["redis-server"] = redis.start  # same port and data: the others reconnect to the same URL
+        # make run starts one worker per queue, so a dead worker's unacked jobs are its own (api.requeue).
+        worker_queues = {f"{queue} worker": (queue,) for queue in stack.workers}
         for name in restart:
             backoff.started(name)
         while not stopping:
@@ -125,7 +139,11 @@ def main() -> int:
                     delay = backoff.died(name)
                     print(f"the {name} exited with code {process.returncode}; restarting it in {delay:.0f} s",
                           file=sys.stderr, flush=True)  # fmt: skip
+                    if name in worker_queues:
+                        reap_worker_group(process.pid)
                 elif backoff.due(name):
+                    if name in worker_queues:
+                        give_back(name, worker_queues[name], env["REDIS_URL"])
                     try:
                         restart[name]()
                     except (RuntimeError, TimeoutError, OSError) as err:

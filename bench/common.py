@@ -58,3 +58,20 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_at_end": load_average(),
     }
+
+
+def stack_env(args: Any, root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a stack a benchmark starts for itself: the checkpoints and device asked for,
+    results under ``root``, and open and unlimited whatever this shell says, since its clients send
+    ~100 requests a second from one address with no key (a rate limit would measure itself)."""
+    return {
+        **os.environ,
+        "CHECKPOINT_DIR": str(args.checkpoint_dir),
+        "RESULTS_DIR": str(root / "results"),
+        "DEVICE": args.device,
+        "PYTHONUNBUFFERED": "1",
+        "API_KEYS": "",
+        "RATE_LIMIT": "off",
+        "RATE_LIMIT_READS": "off",
+        **extra,
+    }

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import tempfile
 import time
@@ -42,7 +41,7 @@ import httpx
 from api.processes import RedisServer
 from api.stack import LocalStack, worker_specs
 
-from .common import REPO, ms, percentiles
+from .common import REPO, ms, percentiles, stack_env
 from .service import digit_pngs, usps_path
 
 KINDS = ("faces", "classify", "poll")
@@ -235,17 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         root = Path(tmp)
         with RedisServer(root / "redis") as redis_server:
-            env = {
-                **os.environ,
-                "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-                "CHECKPOINT_DIR": str(args.checkpoint_dir),
-                "RESULTS_DIR": str(root / "results"),
-                "DEVICE": args.device,
-                "PYTHONUNBUFFERED": "1",
-                # One address sends everything here: a per-client rate limit would measure itself.
-                "RATE_LIMIT": "off",
-                "RATE_LIMIT_READS": "off",
-            }
+            env = stack_env(args, root, REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0")
             with LocalStack(env, log_dir=root / "logs", name_prefix="bench-load-") as stack:
                 try:
                     for spec in specs:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from api.stack import LocalStack, worker_specs
 from workers.digit_inputs import DIGIT_SIZE, digit_from_image
 from workers.protocol import QUEUE_SMALL
 
+from .common import stack_env
 from .service import finished, usps_path
 
 TARGET_MB = 500
@@ -204,16 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         root = Path(tmp)
         with RedisServer(root / "redis") as redis_server:
-            env = {
-                **os.environ,
-                "CHECKPOINT_DIR": str(args.checkpoint_dir),
-                "RESULTS_DIR": str(root / "results"),
-                "DEVICE": args.device,
-                "PYTHONUNBUFFERED": "1",
-                "MAX_WAIT_S": str(WAIT["wait"]),
-                "REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
-                **limits,
-            }
+            env = stack_env(
+                args, root, MAX_WAIT_S=str(WAIT["wait"]), REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", **limits
+            )
             with LocalStack(env, log_dir=root / "logs", name_prefix="bench-memory-") as stack:
                 try:
                     worker = stack.start_worker(spec)

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -42,7 +41,7 @@ from api.processes import RedisServer
 from api.stack import LocalStack, WorkerSpec, worker_specs
 from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL
 
-from .common import REPO, ms, percentiles, timed
+from .common import REPO, ms, percentiles, stack_env, timed
 
 WAIT = {"wait": 120}
 Call = Callable[[int], Any]
@@ -491,18 +490,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         root = Path(tmp)
         with RedisServer(root / "redis") as redis_server:
-            env = {
-                **os.environ,
-                "CHECKPOINT_DIR": str(args.checkpoint_dir),
-                "RESULTS_DIR": str(root / "results"),
-                "DEVICE": args.device,
-                "PYTHONUNBUFFERED": "1",
-                "MAX_WAIT_S": "300",
-                # The closed loops send ~100 req/s from one address, with no key: a bench stack is open and unlimited.
-                "API_KEYS": "",
-                "RATE_LIMIT": "off",
-                "RATE_LIMIT_READS": "off",
-            }
+            env = stack_env(args, root, MAX_WAIT_S="300")
             url = {db: f"redis://127.0.0.1:{redis_server.port}/{db}" for db in (0, 1)}
             # The service as `make run` starts it, and beside it an API and a small-model worker without batching.
             stack = LocalStack({**env, "REDIS_URL": url[0]}, log_dir=root / "logs", name_prefix="bench-")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from typing import Any
 
 import redis
@@ -70,4 +71,14 @@ class JobEvents:
 
     def frame(self, t: int, image: torch.Tensor) -> None:
         self.seq += 1
-        self._publish({"event": "frame", "seq": self.seq, "t": int(t), "image": png_data_url(image)}, log=True)
+        self._publish(
+            # drawn_at (unix seconds) lets a client see how long a frame took to reach it
+            {
+                "event": "frame",
+                "seq": self.seq,
+                "t": int(t),
+                "drawn_at": round(time.time(), 4),
+                "image": png_data_url(image),
+            },
+            log=True,
+        )

@@ -45,8 +45,9 @@ async def existing_job(job_id: JobId, jobs: JobsDep) -> JobRecord:
     description=(
         "A `text/event-stream` of the job's life, ending when the job does:\n\n"
         "- `status`: the job as `GET /jobs/{id}` shows it; first, then at every change of status;\n"
-        "- `frame`: `{\"t\", \"image\"}` for a digits job with `frames=true`: each reverse-process frame "
-        "(a PNG data URL of the first digit at paper timestep `t`), as soon as the worker has drawn it. "
+        "- `frame`: `{\"t\", \"drawn_at\", \"image\"}` for a digits job with `frames=true`: each reverse-process "
+        "frame (a PNG data URL of the first digit at paper timestep `t`), as soon as the worker has drawn it "
+        "(at `drawn_at`, unix seconds). "
         "Connected late, a client is first sent the frames so far;\n"
         "- `progress`: `{\"step\", \"total\"}` after every sampling step of a digits job;\n"
         "- `done`: the finished job (`succeeded`, `failed` or `canceled`, with its result); then the stream ends.\n\n"

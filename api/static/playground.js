@@ -107,6 +107,8 @@ faces.form.addEventListener("submit", (event) => {
 
 // -- digits -----------------------------------------------------------------------------------
 const digits = panel("digits");
+// How long each frame took from the worker's drawing to this page (the browser tests read it).
+const stats = (window.playgroundStats = { frameDelaysMs: [] });
 const cancelButton = digits.root.querySelector(".cancel");
 let running = null; // { id, controller } of the job this page follows
 
@@ -159,7 +161,10 @@ digits.form.addEventListener("submit", (event) => {
       for await (const { name, data } of events(`${job.url}/events`, controller.signal)) {
         if (name === "status") { digits.say(`job ${data.id}: ${data.status}`); last = data; }
         else if (name === "progress") { bar.max = data.total; bar.value = data.step; }
-        else if (name === "frame") addFrame(strip, data.t, data.image);
+        else if (name === "frame") {
+          addFrame(strip, data.t, data.image);
+          stats.frameDelaysMs.push(Date.now() - data.drawn_at * 1000);
+        }
         else if (name === "done") { last = data; break; }
       }
       if (last.status === "canceled") { digits.say(`job ${last.id} was canceled`); return; }

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from api.processes import RedisServer
+from api.requeue import reap_worker_group, requeue_unacked
 from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, deliveries_key
 
 from .helpers import poll
@@ -101,6 +102,41 @@ def test_sigterm_mid_job_puts_it_back_on_its_queue_at_once_and_a_new_worker_comp
     # Seconds of start-up and two jobs on a shared CPU, not the visibility timeout (TASK_TIME_LIMIT + 300 s).
     assert time.monotonic() - restarted_at < 240
 
+
+
+def test_kill_9_mid_job_then_the_launchers_requeue_and_a_new_worker_complete_every_accepted_job(
+    diffusion_only: Stack,
+) -> None:
+    """What `make run` does when a worker dies outright: reap its pool, requeue its unacked jobs, restart it."""
+    stack = diffusion_only
+    running = stack.client.post("/generate/digits", params={**LONG_JOB, "seed": 21})
+    waiting = stack.client.post("/generate/digits", params={**LONG_JOB, "seed": 22})
+    assert running.status_code == waiting.status_code == 202, (running.text, waiting.text)
+    running_id, waiting_id = running.json()["id"], waiting.json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := stack.client.get(f"/jobs/{running_id}").json())["progress"] is None:
+        assert job["status"] != "succeeded", "the job finished before it could be interrupted: make it longer"
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+    worker = stack.workers[QUEUE_DIFFUSION]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    reap_worker_group(worker.pid)
+    client = stack.redis()
+    # Killed outright, the worker gave nothing back: the running job would wait for the visibility timeout.
+    assert client.hlen("unacked") == 1 and _queued_ids(stack) == [waiting_id]
+    assert requeue_unacked(stack.redis_url, [QUEUE_DIFFUSION]) == [running_id]
+    assert client.hlen("unacked") == 0 and _queued_ids(stack) == [waiting_id, running_id]
+
+    restarted_at = time.monotonic()
+    stack.processes.start_worker(stack.processes.specs[QUEUE_DIFFUSION])
+    for job_id in (running_id, waiting_id):
+        done, _ = poll(stack.client, f"/jobs/{job_id}", timeout=240)
+        assert done["status"] == "succeeded", done
+        assert len(done["result"]["images"]) == LONG_JOB["n"]
+    assert int(client.get(deliveries_key(running_id))) == 2, "the run that died counts towards MAX_DELIVERIES"
+    assert time.monotonic() - restarted_at < 240
 
 
 def test_sigterm_to_the_small_worker_under_load_loses_and_strands_nothing(small_only: Stack) -> None:

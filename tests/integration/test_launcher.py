@@ -61,7 +61,7 @@ def test_launcher_serves_and_stops_everything_on_ctrl_c(tmp_path: Path, plumbing
         output = "".join(lines)
         assert f"http://localhost:{port}/docs" in output
         pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
-        assert len(pids) == 4, output  # redis-server, a worker per queue, uvicorn
+        assert len(pids) == 5, output  # redis-server, a worker per queue, the webhook worker, uvicorn
         assert "worker for the 'small' queue" in output and "worker for the 'diffusion' queue" in output
 
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -124,6 +124,59 @@ def test_launcher_restarts_a_worker_and_redis_that_die(tmp_path: Path, plumbing_
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             response = client.post("/generate/faces", params={"n": 2, "wait": 60})
             assert response.status_code == 200, response.text
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def test_launcher_puts_the_jobs_of_a_worker_killed_mid_job_back_and_a_restarted_api_reads_them(
+    tmp_path: Path, plumbing_checkpoints: Path
+) -> None:
+    port = free_port()
+    launcher = _launch(tmp_path, port, plumbing_checkpoints)
+    lines: list[str] = []
+    try:
+        _read_until(launcher, lines, "ready: workers up")
+        worker = int(re.search(r"worker for the 'diffusion' queue \(pid (\d+)\)", "".join(lines)).group(1))  # type: ignore[union-attr]
+        long_job = {"label": 4, "n": 20, "sampler": "ddpm", "wait": 0}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            ids = []
+            for seed in (1, 2, 3):
+                response = client.post("/generate/digits", params={**long_job, "seed": seed})
+                assert response.status_code == 202, response.text
+                ids.append(response.json()["id"])
+            deadline = time.monotonic() + 60
+            while client.get(f"/jobs/{ids[0]}").json()["progress"] is None:
+                assert time.monotonic() < deadline, "the first job never started"
+                time.sleep(0.05)
+            os.kill(worker, signal.SIGKILL)
+            line = _read_until(launcher, lines, "job(s) unfinished: back on the queue")
+            assert ids[0] in line, line  # the one it was running; the others never left the queue
+            _read_until(launcher, lines, "restarted the diffusion worker")
+            started = time.monotonic()
+            for job_id in ids:
+                job = client.get(f"/jobs/{job_id}", params={"wait": 60}).json()
+                while job["status"] in ("queued", "running"):
+                    assert time.monotonic() - started < 300, job
+                    job = client.get(f"/jobs/{job_id}", params={"wait": 60}).json()
+                assert job["status"] == "succeeded", job
+            # The API keeps nothing of its own: a new one reads the same records and results.
+            api = int(re.findall(r"uvicorn \(pid (\d+)\)", "".join(lines))[-1])
+            os.kill(api, signal.SIGKILL)
+            _read_until(launcher, lines, "restarted the API")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    job = client.get(f"/jobs/{ids[0]}").json()
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the restarted API never answered"
+                    time.sleep(0.2)
+            assert job["status"] == "succeeded" and len(job["result"]["images"]) == long_job["n"], job
+            assert client.get(job["result"]["grid"]["url"]).status_code == 200
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(60) == 0
     finally:

@@ -67,6 +67,7 @@ def test_digits_frames_arrive_live_before_the_job_ends(service: Stack, browser) 
     page.click("#digits button[type=submit]")
     page.wait_for_selector("#digits .strip img")
     assert page.is_hidden("#digits .grid"), "the first frame came only with the finished job"
+    first_delay_ms = page.evaluate("() => window.playgroundStats.frameDelaysMs[0]")
     page.wait_for_function(
         "() => { const i = document.querySelector('#digits .grid'); return !i.hidden && i.naturalWidth > 0 }",
         timeout=240_000,
@@ -76,6 +77,10 @@ def test_digits_frames_arrive_live_before_the_job_ends(service: Stack, browser) 
     ]
     page.wait_for_function("() => document.querySelector('#digits .animation').naturalWidth > 0")
     assert loaded(page, "#digits .animation"), "the animated reverse process is shown"
+    delays = sorted(page.evaluate("() => window.playgroundStats.frameDelaysMs"))
+    assert len(delays) == 6 and delays[0] >= -50, delays  # one clock: the worker and the browser share the machine
+    print(f"\nframe drawn in the worker -> shown in the browser: first {first_delay_ms:.0f} ms, "
+          f"median {delays[len(delays) // 2]:.0f} ms, max {delays[-1]:.0f} ms ({len(delays)} frames)")
     assert page.eval_on_selector("#digits progress", "p => p.value === p.max && p.max > 1")
     assert "network evaluations per image" in page.inner_text("#digits .meta")
     assert not page.outside, page.outside  # type: ignore[attr-defined]

@@ -52,6 +52,12 @@ def test_a_conflict_names_both_values() -> None:
     assert merge(FacesQuery, {"wait": 5.0}, {"wait": 5}).wait == 5.0
 
 
+def test_an_integral_json_number_is_an_integer_as_json_schema_says() -> None:
+    assert merge(DigitsQuery, {"n": 5}, {"label": 5.0, "n": 5.0}).label == 5
+    with pytest.raises(RequestValidationError, match="int"):
+        merge(DigitsQuery, {}, {"label": 5.5})
+
+
 @pytest.mark.parametrize(
     "body, words",
     [
@@ -147,6 +153,11 @@ def test_openapi_shows_the_query_parameters_and_an_optional_json_body() -> None:
         media = body["content"]["application/json"]
         assert set(media["schema"]["properties"]) == set(model.model_fields)
         assert media["schema"]["additionalProperties"] is False
+        # /docs's "Try it out" body: the query parameters' examples (no conflict if both are sent), and no
+        # webhook (it would need this server's WEBHOOK_ALLOWED_HOSTS).
+        assert media["example"] == {
+            name: query[name]["schema"]["examples"][0] for name in query if name != "webhook"
+        }
         # This server's limits, in both places.
         assert query["wait"]["schema"]["maximum"] == 90
         assert media["schema"]["properties"]["wait"]["anyOf"][0]["maximum"] == 90

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from api.stack import SHUTDOWN_MARGIN_S, worker_specs
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUES
+from api.stack import SHUTDOWN_MARGIN_S, webhook_worker_spec, worker_specs
+from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUE_WEBHOOKS, QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = {f"worker-{queue}": queue for queue in QUEUES}
@@ -57,7 +57,7 @@ def _option(command: list[str], flag: str) -> str:
 
 
 def test_redis_api_and_a_worker_per_queue_with_health_checks(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"redis", "api", *WORKERS, "flower"}
+    assert set(compose["services"]) == {"redis", "api", *WORKERS, "worker-webhooks", "flower"}
     for name, service in compose["services"].items():
         check = service.get("healthcheck", {})
         assert check.get("test"), f"{name} has no health check"
@@ -77,10 +77,10 @@ def test_redis_persists_to_a_named_volume(compose: dict[str, Any]) -> None:
 
 def test_api_and_workers_share_one_image_and_wait_for_redis(compose: dict[str, Any]) -> None:
     api = compose["services"]["api"]
-    for name in WORKERS:
+    for name in (*WORKERS, "worker-webhooks"):
         worker = compose["services"][name]
         assert api["build"] == worker["build"] and api["build"]["context"] == "."
-    for service in (api, *(compose["services"][name] for name in WORKERS)):
+    for service in (api, *(compose["services"][name] for name in (*WORKERS, "worker-webhooks"))):
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
         assert _env(service)["REDIS_URL"].startswith("redis://redis:6379")
 
@@ -128,6 +128,24 @@ def test_each_worker_consumes_its_queue_as_make_run_starts_it(compose: dict[str,
     assert _option(command, "-n").startswith(f"{queue}@")
     assert f"-d {queue}@$$HOSTNAME" in " ".join(worker["healthcheck"]["test"])  # the name it runs under
     assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_the_webhook_worker_runs_as_make_run_starts_it_without_models(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker-webhooks"]
+    spec = webhook_worker_spec()
+    assert worker["command"][:4] == ["celery", "-A", spec.app, "worker"] == spec.command()[2:6]
+    assert _option(worker["command"], "-Q") == spec.queue == QUEUE_WEBHOOKS
+    assert _option(worker["command"], "--pool") == spec.pool
+    assert _option(worker["command"], "--concurrency") == str(spec.concurrency)
+    assert f"-A {spec.app} inspect ping -d {spec.queue}@$$HOSTNAME" in " ".join(worker["healthcheck"]["test"])
+    # No model: no checkpoints, no GPU; the receivers' hosts and the signing secret come from the shell.
+    assert "volumes" not in worker and "deploy" not in worker
+    env = _env(worker)
+    assert "WEBHOOK_SECRET" in env and env["WEBHOOK_SECRET"] is None
+    assert "WEBHOOK_ALLOWED_HOSTS" in env and env["WEBHOOK_ALLOWED_HOSTS"] is None
+    # The API checks a job's webhook against the same list when the job is created.
+    assert _env(compose["services"]["api"])["WEBHOOK_ALLOWED_HOSTS"] is None
+    assert "WEBHOOK_SECRET" not in _env(compose["services"]["api"])
 
 
 def test_the_gpu_is_reserved_for_the_diffusion_worker(compose: dict[str, Any]) -> None:

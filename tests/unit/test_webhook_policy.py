@@ -6,10 +6,13 @@ import base64
 import hashlib
 import hmac
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from workers import protocol
 from workers.config import WorkerSettings
 from workers.webhook_policy import check_webhook_url, resolve_for_delivery, secret_key, signed_headers
 
@@ -96,3 +99,70 @@ def test_a_secret_not_in_whsec_form_is_refused_at_start(secret: str, words: list
 def test_worker_settings_read_the_allowed_hosts_as_a_list() -> None:
     settings = WorkerSettings(_env_file=None, webhook_allowed_hosts="a.example, 127.0.0.1", webhook_secret=SECRET)
     assert settings.webhook_allowed_hosts == ["a.example", "127.0.0.1"]
+
+
+def test_the_webhook_worker_imports_no_torch_and_runs_only_deliveries() -> None:
+    code = (
+        "import sys, workers.webhook_app as w; "
+        "print(sorted(m for m in ('torch', 'models', 'api', 'workers.tasks') if m in sys.modules)); "
+        "print(sorted(t for t in w.app.tasks if not t.startswith('celery.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]" and out[1] == f"[{protocol.TASK_WEBHOOK!r}]"
+
+
+def test_deliveries_retry_with_bounded_exponential_back_off() -> None:
+    from workers import webhook_app, webhooks
+
+    task = webhook_app.deliver_webhook
+    assert task.autoretry_for == (webhooks.DeliveryFailed,)
+    assert task.retry_backoff == webhook_app.settings.webhook_backoff_s and task.retry_jitter
+    assert task.max_retries == webhook_app.settings.webhook_max_attempts - 1 and task.retry_backoff_max == 600
+    assert task.ignore_result
+    # Routed to its own queue, by the route table both the API and the model workers publish with.
+    assert protocol.task_routes()[protocol.TASK_WEBHOOK] == {"queue": protocol.QUEUE_WEBHOOKS}
+    assert protocol.QUEUE_WEBHOOKS not in protocol.QUEUES  # no model worker consumes it
+
+
+def test_an_attempt_posts_the_signed_body_to_the_checked_address() -> None:
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from threading import Thread
+
+    from workers.webhooks import post
+
+    seen: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen["headers"] = {k.lower(): v for k, v in self.headers.items()}
+            seen["body"] = self.rfile.read(int(self.headers["content-length"]))
+            seen["path"] = self.path
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.handle_request, daemon=True).start()
+    port = server.server_address[1]
+    settings = WorkerSettings(_env_file=None, webhook_allowed_hosts="127.0.0.1", webhook_secret=SECRET)
+    try:
+        status = post(f"http://127.0.0.1:{port}/hook?t=1", b'{"a":1}', settings, message_id="msg_x")
+    finally:
+        server.server_close()
+    assert status == 204 and seen["path"] == "/hook?t=1" and seen["body"] == b'{"a":1}'
+    assert seen["headers"]["host"] == f"127.0.0.1:{port}" and seen["headers"]["webhook-id"] == "msg_x"
+    timestamp = int(seen["headers"]["webhook-timestamp"])
+    assert seen["headers"]["webhook-signature"] == signed_headers(KEY, "msg_x", timestamp, b'{"a":1}')["webhook-signature"]
+
+
+def test_no_attempt_without_a_secret_or_to_a_host_off_the_list() -> None:
+    from workers.webhooks import post
+
+    unsigned = WorkerSettings(_env_file=None, webhook_allowed_hosts="127.0.0.1")
+    with pytest.raises(PermissionError, match="WEBHOOK_SECRET"):
+        post("http://127.0.0.1:9/h", b"{}", unsigned, message_id="msg_x")
+    listed_elsewhere = WorkerSettings(_env_file=None, webhook_allowed_hosts="hooks.example", webhook_secret=SECRET)
+    with pytest.raises(ValueError, match="'127.0.0.1'"):
+        post("http://127.0.0.1:9/h", b"{}", listed_elsewhere, message_id="msg_x")
