@@ -8,9 +8,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from fastapi_offline import FastAPIOffline
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
@@ -22,8 +27,8 @@ from .cleanup import ResultsJanitor
 from .config import Settings
 from .events import JobEventStreams
 from .jobs import JobService
-from .monitoring import ServiceCollector
 from .middleware import BodySizeLimit
+from .monitoring import ServiceCollector
 from .query_checks import document_settings
 from .ratelimit import RateLimiter
 from .routes import classify, digits, faces, health, jobs, live, models, playground

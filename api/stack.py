@@ -21,7 +21,13 @@ from typing import IO, Literal, Self
 import redis
 
 from workers.config import WorkerSettings
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUE_WEBHOOKS, WORKERS_INDEX_KEY, worker_key
+from workers.protocol import (
+    QUEUE_DIFFUSION,
+    QUEUE_SMALL,
+    QUEUE_WEBHOOKS,
+    WORKERS_INDEX_KEY,
+    worker_key,
+)
 
 from .config import REPO
 from .processes import free_port, http_ok, spawn, stop, stop_all, wait_for

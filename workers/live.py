@@ -8,7 +8,7 @@ so far; each carries a sequence number, so the API drops the ones it has sent tw
 Progress is not logged: only the newest matters, and the job's Celery state holds it.
 
 Cancelling is a flag in Redis (``protocol.cancel_key``) that the task checks before it
-starts and at every sampling step, as Celery's docs advise instead of terminating a
+starts (``tasks.JobTask``, in the round trip that counts the run) and at every sampling step, as Celery's docs advise instead of terminating a
 running task: the job ends with ``JobCanceled`` and writes nothing more.
 """
 
@@ -29,6 +29,9 @@ from .storage import to_pil
 
 class JobCanceled(RuntimeError):
     """The job was canceled by ``POST /jobs/{id}/cancel`` (the API knows it by ``protocol.CANCELED_ERROR``)."""
+
+
+CANCELED_BEFORE_START = "the job was canceled (POST /jobs/{id}/cancel) before it started"
 
 
 def raise_if_canceled(client: redis.Redis, job_id: str) -> None:

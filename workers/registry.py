@@ -27,16 +27,34 @@ from typing import Any
 
 import redis
 import torch
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from models.checkpoints import CheckpointError
-from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, Pipeline, load_pipeline
+from models.loading import (
+    DANN_MODELS,
+    DIGIT_MODEL,
+    FACE_MODELS,
+    Pipeline,
+    load_pipeline,
+)
 from models.pipelines import DannClassifier, DigitPipeline, FacePipeline
 from models.scheduler import SamplingConfig
 
 from .batching import MicroBatcher
 from .config import WorkerSettings, get_settings
-from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, ROLE_QUEUES, WORKERS_INDEX_KEY, worker_key
+from .protocol import (
+    CLASSIFY_ROLES,
+    DIGIT_ROLE,
+    FACE_ROLES,
+    ROLE_QUEUES,
+    WORKERS_INDEX_KEY,
+    worker_key,
+)
 from .storage import prune_expired
 
 log = logging.getLogger(__name__)

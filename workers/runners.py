@@ -14,11 +14,23 @@ from typing import Any, TypeVar
 
 import torch
 
-from models.pipelines import DannClassifier, FacePipeline, FrameCallback, digits_from_uint8
+from models.pipelines import (
+    DannClassifier,
+    FacePipeline,
+    FrameCallback,
+    digits_from_uint8,
+)
 from models.scheduler import SamplingConfig
 
 from .batching import Batched, MicroBatcher
-from .protocol import ANIMATION_MAX_FRAMES, ANIMATION_NAME, FRAME_TIMESTEPS, FRAMES_STRIP_NAME, GRID_NAME, frame_name
+from .protocol import (
+    ANIMATION_MAX_FRAMES,
+    ANIMATION_NAME,
+    FRAME_TIMESTEPS,
+    FRAMES_STRIP_NAME,
+    GRID_NAME,
+    frame_name,
+)
 from .registry import LoadedModel
 from .storage import JobFiles
 

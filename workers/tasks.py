@@ -17,12 +17,23 @@ from celery import Task, states
 from . import live, metrics, runners, webhooks
 from .celery_app import app
 from .config import get_settings
-from .protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, TASK_CLASSIFY, TASK_DIGITS, TASK_FACES, deliveries_key
+from .protocol import (
+    CLASSIFY_ROLES,
+    DIGIT_ROLE,
+    FACE_ROLES,
+    TASK_CLASSIFY,
+    TASK_DIGITS,
+    TASK_FACES,
+    cancel_key,
+    deliveries_key,
+)
 from .registry import SERVED, batch_limit, get_batcher, get_registry
 from .storage import JobFiles
 
 log = logging.getLogger(__name__)
 
+# A cancel is what the user asked for: logged in a line, not as an error with a traceback.
+EXPECTED = (live.JobCanceled,)
 PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step speed
 
 
@@ -76,10 +87,13 @@ class JobTask(Task):
         job_id = self.request.id
         key = deliveries_key(job_id)
         pipe = self.client().pipeline()
-        runs, _ = pipe.incr(key).expire(key, settings.job_ttl_seconds).execute()
+        # One round trip: count this run, and see whether the job was canceled while it waited.
+        runs, _, canceled = pipe.incr(key).expire(key, settings.job_ttl_seconds).exists(cancel_key(job_id)).execute()
         started = time.perf_counter()
         state: metrics.State | None = "failed"
         try:
+            if canceled:
+                raise live.JobCanceled(live.CANCELED_BEFORE_START)
             if runs > settings.max_deliveries:
                 raise WorkerKeptDying(
                     f"the worker process died on each of this job's {runs - 1} runs (out of memory, or a crash in the "
@@ -116,7 +130,7 @@ class JobTask(Task):
             return
         try:
             webhooks.enqueue_if_asked(self.client(), self.app, task_id)
-        except Exception as err:  # the job's outcome stands; a lost notice is logged, not a failed job
+        except Exception as err:  # noqa: BLE001 - the job's outcome stands; a lost notice is logged, not a failed job
             log.warning("could not queue the webhook of %s: %s", task_id, err)
 
     def _record(self, job_id: str, kwargs: dict[str, Any], state: metrics.State, seconds: float) -> None:
@@ -128,16 +142,15 @@ class JobTask(Task):
 
 # The small tasks do not report STARTED: they finish within milliseconds, and the
 # extra state write would wake every waiting request once more for nothing.
-@app.task(bind=True, base=JobTask, name=TASK_FACES, track_started=False)
+@app.task(bind=True, base=JobTask, name=TASK_FACES, track_started=False, throws=EXPECTED)
 def generate_faces(self: Task, *, model: str, n: int, seed: int | None = None) -> dict[str, Any]:
-    live.raise_if_canceled(JobTask.client(), self.request.id)
     loaded = get_registry().get(FACE_ROLES[model])
     return runners.generate_faces(
         loaded, _files(self), variant=model, n=n, seed=seed, batcher=get_batcher(), max_batch=batch_limit("faces")
     )
 
 
-@app.task(bind=True, base=JobTask, name=TASK_DIGITS)
+@app.task(bind=True, base=JobTask, name=TASK_DIGITS, throws=EXPECTED)
 def generate_digits(
     self: Task,
     *,
@@ -151,7 +164,6 @@ def generate_digits(
     frames: bool = False,
     animation: bool = False,
 ) -> dict[str, Any]:
-    live.raise_if_canceled(JobTask.client(), self.request.id)
     loaded = get_registry().get(DIGIT_ROLE)
     events = live.JobEvents(JobTask.client(), self.request.id, get_settings().job_ttl_seconds)
     last = 0.0
@@ -181,9 +193,8 @@ def generate_digits(
     )
 
 
-@app.task(bind=True, base=JobTask, name=TASK_CLASSIFY, track_started=False)
+@app.task(bind=True, base=JobTask, name=TASK_CLASSIFY, track_started=False, throws=EXPECTED)
 def classify_digits(self: Task, *, target: str, inputs: str, names: list[str]) -> dict[str, Any]:
-    live.raise_if_canceled(JobTask.client(), self.request.id)
     loaded = get_registry().get(CLASSIFY_ROLES[target])
     return runners.classify_digits(
         loaded,

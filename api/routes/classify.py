@@ -11,7 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from workers.protocol import CLASSIFY_ROLES, TASK_CLASSIFY
 
 from ..body_params import check_webhook, only_files
-from ..deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from ..deps import (
+    IdempotencyKeyDep,
+    JobsDep,
+    RepresentationDep,
+    SettingsDep,
+    WorkersDep,
+    wait_seconds,
+)
 from ..errors import TooLarge
 from ..idempotency import Idempotency, digest
 from ..jobs import job_response, new_job_id

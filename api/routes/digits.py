@@ -9,7 +9,14 @@ from fastapi import APIRouter, Depends, Response
 from workers.protocol import DIGIT_ROLE, TASK_DIGITS
 
 from ..body_params import json_body_doc, parameters
-from ..deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from ..deps import (
+    IdempotencyKeyDep,
+    JobsDep,
+    RepresentationDep,
+    SettingsDep,
+    WorkersDep,
+    wait_seconds,
+)
 from ..errors import InvalidParameter
 from ..idempotency import Idempotency
 from ..jobs import job_response

@@ -16,7 +16,15 @@ import pytest
 
 from api.processes import RedisServer
 
-from .stack import PLUMBING_LIMITS, PLUMBING_WORKER_ENV, REPO, SERVED, Stack, start_stack, write_plumbing_checkpoints
+from .stack import (
+    PLUMBING_LIMITS,
+    PLUMBING_WORKER_ENV,
+    REPO,
+    SERVED,
+    Stack,
+    start_stack,
+    write_plumbing_checkpoints,
+)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api.jobs import JobRecord, describe_failure, predictions_csv, state_from_meta, to_public
+from api.jobs import (
+    JobRecord,
+    describe_failure,
+    predictions_csv,
+    state_from_meta,
+    to_public,
+)
 from api.schemas import JobKind, JobStatus
 
 JOB = "a" * 32

@@ -8,7 +8,13 @@ import torch
 from models.pipelines import count_nfe
 from models.scheduler import NoiseSchedule
 from training.diversity import mean_pairwise_msssim, per_label_msssim
-from training.evaluate_digits import GRID, MAX_NFE, MSSSIM_TOLERANCE, config_label, select_default
+from training.evaluate_digits import (
+    GRID,
+    MAX_NFE,
+    MSSSIM_TOLERANCE,
+    config_label,
+    select_default,
+)
 
 
 def test_msssim_is_one_for_copies_and_low_for_noise() -> None:

@@ -12,7 +12,13 @@ from models.dann import DANN, grad_reverse, reversal_coefficient
 from models.dcgan import DCGANConfig, Discriminator, Generator, weights_init
 from models.digit_classifier import DigitClassifier
 from models.loading import load_pipeline
-from models.pipelines import DannClassifier, DigitPipeline, FacePipeline, digits_from_uint8, normalize_digits
+from models.pipelines import (
+    DannClassifier,
+    DigitPipeline,
+    FacePipeline,
+    digits_from_uint8,
+    normalize_digits,
+)
 from models.scheduler import NoiseSchedule, NoiseScheduleConfig
 from models.unet import NULL_LABEL, ConditionalUNet, UNetConfig
 

@@ -84,6 +84,12 @@ def test_the_api_offers_exactly_the_samplers_the_models_build() -> None:
 
 def test_frames_reach_on_frame_while_sampling_in_reverse_time_order(pipe: DigitPipeline) -> None:
     events: list[tuple[str, int]] = []
+    live: dict[int, torch.Tensor] = {}
+
+    def on_frame(t: int, image: torch.Tensor) -> None:
+        events.append(("frame", t))
+        live[t] = image
+
     out = pipe(
         [2],
         sampler="ddim",
@@ -91,10 +97,11 @@ def test_frames_reach_on_frame_while_sampling_in_reverse_time_order(pipe: DigitP
         generator=torch.Generator().manual_seed(3),
         frame_timesteps=FRAMES,
         callback=lambda i, n: events.append(("step", i)),
-        on_frame=lambda t, image: events.append(("frame", t)),
+        on_frame=on_frame,
     )
     frames = [t for kind, t in events if kind == "frame"]
     assert frames == list(FRAMES), "each frame once, noisiest first"
+    assert all(torch.equal(live[t], out.frames[t]) for t in FRAMES), "the live frames are the returned ones"
     first_step = events.index(("step", 1))
     assert events.index(("frame", 400)) < first_step, "the initial noise is sent before any step"
     assert events.index(("frame", 320)) < events.index(("step", 10)), "frames arrive before the run ends"

@@ -14,7 +14,12 @@ import pytest
 
 from workers import protocol
 from workers.config import WorkerSettings
-from workers.webhook_policy import check_webhook_url, resolve_for_delivery, secret_key, signed_headers
+from workers.webhook_policy import (
+    check_webhook_url,
+    resolve_for_delivery,
+    secret_key,
+    signed_headers,
+)
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
