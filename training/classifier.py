@@ -6,27 +6,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from models.checkpoints import save_model
 from models.digit_classifier import DigitClassifier
 
-from .common import (
-    Budget,
-    JsonLog,
-    add_common_args,
-    load_state,
-    make_accelerator,
-    save_state,
-    seed_everything,
-    shuffled_batches,
-    training_card,
-)
+from .common import add_common_args
 from .data.datasets import load_digits
+from .trainer import Task, Trainer
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -49,56 +37,51 @@ def _translate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.pad(x, (2, 2, 2, 2), mode="replicate")[:, :, dy : dy + 28, dx : dx + 28]
 
 
+class ClassifierTask(Task):
+    """Cross-entropy on randomly translated real MNIST-M digits, AdamW with a one-cycle schedule."""
+
+    def __init__(self, args: argparse.Namespace, trainer: Trainer) -> None:
+        acc = self.acc = trainer.acc
+        x, y = load_digits(args.data, "mnistm", "train", limit=args.limit)
+        vx, vy = load_digits(args.data, "mnistm", "val")
+        self.x, self.y, self.vx, self.vy = (t.to(acc.device) for t in (x, y, vx, vy))
+        self.n_items, self.gen = len(self.x), trainer.gen
+        model = DigitClassifier()
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+        total = max(1, args.epochs * (len(self.x) // args.batch_size))
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total)
+        self.model, self.opt = acc.prepare(model, opt)
+
+    def checkpointed(self) -> dict:
+        return {"model": self.model, "opt": self.opt, "sched": self.sched}
+
+    def step(self, batch: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        self.model.train()
+        with self.acc.autocast():
+            loss = F.cross_entropy(self.model(_translate(self.x[batch].float() / 127.5 - 1, self.gen)).float(), self.y[batch])
+        self.opt.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        self.opt.step()
+        if step < self.sched.total_steps - 1:
+            self.sched.step()
+        return {"loss": loss}
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        trainer.log.write(epoch=trainer.epoch, step=trainer.step, val_acc=accuracy(self.shipped(), self.vx, self.vy))
+
+    def shipped(self) -> torch.nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    def card(self, card: dict, trainer: Trainer) -> dict:
+        val_acc = accuracy(self.shipped(), self.vx, self.vy)
+        card["training"]["optimizer"] = "AdamW, one-cycle"
+        card["data"] = {"dataset": "MNIST-M", "train": "digits/mnistm/train", "evaluation": "digits/mnistm/val", "root": str(trainer.args.data)}
+        card["purpose"] = "judges generated digits; trained on real MNIST-M only"
+        card["metrics"] = {"mnistm_val_acc": round(val_acc, 4)}
+        print(f"[{trainer.name}] MNIST-M val accuracy {val_acc:.4f}")
+        return card
+
+
 def train(args: argparse.Namespace) -> dict:
-    name = args.name or "digit-classifier"
-    out = Path(args.out or f"runs/{name}")
-    seed_everything(args.seed)
-    acc = make_accelerator(args)
-    x, y = load_digits(args.data, "mnistm", "train", limit=args.limit)
-    vx, vy = load_digits(args.data, "mnistm", "val")
-    x, y, vx, vy = (t.to(acc.device) for t in (x, y, vx, vy))
-    model = DigitClassifier()
-    steps_per_epoch = len(x) // args.batch_size
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch))
-    model, opt = acc.prepare(model, opt)
-    gen = torch.Generator().manual_seed(args.seed)
-    log = JsonLog(out / "log.jsonl", acc.is_main_process)
-    budget = Budget(args)
-    step, epoch, stopped = 0, 0, False
-    state_path = out / "state.pt"
-    if args.resume and (state := load_state(state_path)) is not None:
-        acc.unwrap_model(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        epoch, step, budget.earlier = state["epoch"], state["step"], state["wall_time_s"]
-        gen.set_state(state["rng"])
-        print(f"[{name}] resumed at epoch {epoch}, step {step}")
-    while epoch < args.epochs and not stopped:
-        model.train()
-        for idx in tqdm(list(shuffled_batches(len(x), args.batch_size, gen)), desc=f"{name} epoch {epoch + 1}", disable=not acc.is_local_main_process):
-            with acc.autocast():
-                loss = F.cross_entropy(model(_translate(x[idx].float() / 127.5 - 1, gen)).float(), y[idx])
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
-            if step < sched.total_steps - 1:
-                sched.step()
-            step += 1
-            if budget.exhausted(step):
-                stopped = True
-                break
-        epoch += 0 if stopped else 1
-        log.write(epoch=epoch, step=step, val_acc=accuracy(acc.unwrap_model(model), vx, vy))
-        if acc.is_main_process:
-            save_state(state_path, {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                    "epoch": epoch, "step": step, "rng": gen.get_state(), "wall_time_s": budget.total})
-    val_acc = accuracy(acc.unwrap_model(model), vx, vy)
-    card = training_card(args, acc, budget, epochs_completed=epoch, steps=step, stopped_early=stopped, optimizer="AdamW, one-cycle")
-    card["data"] = {"dataset": "MNIST-M", "train": "digits/mnistm/train", "evaluation": "digits/mnistm/val", "root": str(args.data)}
-    card["purpose"] = "judges generated digits; trained on real MNIST-M only"
-    card["metrics"] = {"mnistm_val_acc": round(val_acc, 4)}
-    if acc.is_main_process:
-        path = save_model(acc.unwrap_model(model), args.checkpoint_dir, name, card)
-        print(f"[{name}] MNIST-M val accuracy {val_acc:.4f} after {epoch} epochs ({budget.elapsed:.0f}s) -> {path}")
-    return card
+    trainer = Trainer(args, args.name or "digit-classifier")
+    return trainer.fit(ClassifierTask(args, trainer))

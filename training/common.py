@@ -1,4 +1,4 @@
-"""What every training command shares: flags, device and precision, batching, resume, grids, cards."""
+"""What every training command shares: flags, device and precision, budgets, resume states, grids, cards."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ import argparse
 import json
 import os
 import platform
-import random
 import shlex
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from torchvision.utils import save_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,13 +49,8 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    return Accelerator(cpu=cpu, mixed_precision=precision)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    # Pinned index batches copied without a wait, so the host keeps queuing steps ahead of the GPU.
+    return Accelerator(cpu=cpu, mixed_precision=precision, dataloader_config=DataLoaderConfiguration(non_blocking=True))
 
 
 def hardware(accelerator: Accelerator) -> str:
@@ -66,23 +58,6 @@ def hardware(accelerator: Accelerator) -> str:
         name = torch.cuda.get_device_name(accelerator.device)
         return f"{accelerator.num_processes} x {name}"
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
-
-
-def shuffled_batches(
-    n: int, batch_size: int, generator: torch.Generator, *, rank: int = 0, world: int = 1
-) -> Iterator[torch.Tensor]:
-    """Index batches of one epoch; each process gets its own shard (DDP), last partial batch dropped."""
-    perm = torch.randperm(n, generator=generator)
-    batch_size = max(1, min(batch_size, n // world))  # a slice smaller than one batch still trains
-    per_step = batch_size * world
-    for start in range(0, n - per_step + 1, per_step):
-        yield perm[start + rank * batch_size : start + (rank + 1) * batch_size]
-
-
-def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
-    """How many batches ``shuffled_batches`` yields per epoch."""
-    batch_size = max(1, min(batch_size, n // world))
-    return max(0, (n - batch_size * world) // (batch_size * world) + 1)
 
 
 class Budget:

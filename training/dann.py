@@ -17,28 +17,17 @@ Recipes:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from ema_pytorch import EMA
-from tqdm import tqdm
 
-from models.checkpoints import save_model
 from models.dann import DANN, reversal_coefficient
 from models.pipelines import normalize_digits
 
-from .common import (
-    Budget,
-    JsonLog,
-    add_common_args,
-    load_state,
-    make_accelerator,
-    save_state,
-    seed_everything,
-    training_card,
-)
+from .common import add_common_args
 from .data.datasets import load_digits
+from .trainer import Task, Trainer
 
 MODES = ("source_only", "dann", "target_only")
 
@@ -82,110 +71,101 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return correct / max(1, len(images))
 
 
-def train(args: argparse.Namespace) -> dict:
-    # dann-svhn (served), dann-svhn-plain, dann-svhn-source-only, dann-svhn-target-only, ...
+def run_name(args: argparse.Namespace) -> str:
+    """dann-svhn (served), dann-svhn-plain, dann-svhn-source-only, dann-svhn-target-only, ..."""
     suffix = "" if args.mode == "dann" else f"-{args.mode.replace('_', '-')}"
     if args.recipe == "plain":
         suffix += "-plain"
-    name = args.name or f"dann-{args.target}{suffix}"
-    out = Path(args.out or f"runs/{name}")
-    seed_everything(args.seed)
-    acc = make_accelerator(args)
-    print(f"[{name}] seed {args.seed}, device {acc.device}, mode {args.mode}, recipe {args.recipe}")
+    return args.name or f"dann-{args.target}{suffix}"
 
-    src_x, src_y = load_digits(args.data, "mnistm", "train", limit=args.limit)
-    tgt_x, tgt_y = load_digits(args.data, args.target, "train", limit=args.limit)
-    val_x, val_y = load_digits(args.data, args.target, "val")
-    src_x, src_y, tgt_x, tgt_y = (t.to(acc.device) for t in (src_x, src_y, tgt_x, tgt_y))
-    val_x, val_y = val_x.to(acc.device), val_y.to(acc.device)
-    # The class loss sees the target only in target_only mode (the upper bound).
-    cls_x, cls_y = (tgt_x, tgt_y) if args.mode == "target_only" else (src_x, src_y)
 
-    model = DANN()
-    ema = EMA(model, beta=0.999, update_after_step=100, update_every=1) if args.recipe == "improved" else None
-    if ema is not None:
-        ema.to(acc.device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    model, opt = acc.prepare(model, opt)
-    steps_per_epoch = max(1, len(cls_x) // args.batch_size)
-    total_steps = args.max_steps or args.epochs * steps_per_epoch
-    if args.recipe == "improved":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 + 10 * min(1.0, s / total_steps)) ** -0.75)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+class DANNTask(Task):
+    """Class loss on the source (the target in target_only mode), domain loss behind gradient reversal in dann mode."""
 
-    state_path = out / "state.pt"
-    step = 0
-    gen = torch.Generator().manual_seed(args.seed)
-    budget = Budget(args)
-    if args.resume and (state := load_state(state_path)) is not None:
-        budget.earlier = state.get("wall_time_s", 0.0)
-        acc.unwrap_model(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        step = state["step"]
-        gen.set_state(state["rng"])
-        print(f"[{name}] resumed at step {step}")
+    n_items = None  # each step draws its source and target batches with replacement
+    show_every = 1
 
-    log = JsonLog(out / "log.jsonl", acc.is_main_process)
-    bar = tqdm(total=total_steps, initial=step, desc=name, disable=not acc.is_local_main_process)
-    stopped = False
-    while step < total_steps:
-        ci = torch.randint(0, len(cls_x), (args.batch_size,), generator=gen).to(acc.device)
-        ti = torch.randint(0, len(tgt_x), (args.batch_size,), generator=gen).to(acc.device)
-        alpha = reversal_coefficient(step / total_steps)
+    def __init__(self, args: argparse.Namespace, trainer: Trainer) -> None:
+        acc = self.acc = trainer.acc
+        self.args, self.gen = args, trainer.gen
+        print(f"[{trainer.name}] mode {args.mode}, recipe {args.recipe}")
+        src_x, src_y = load_digits(args.data, "mnistm", "train", limit=args.limit)
+        tgt_x, tgt_y = load_digits(args.data, args.target, "train", limit=args.limit)
+        val_x, val_y = load_digits(args.data, args.target, "val")
+        self.tgt_x, self.val_x, self.val_y = tgt_x.to(acc.device), val_x.to(acc.device), val_y.to(acc.device)
+        # The class loss sees the target only in target_only mode (the upper bound).
+        cls_x, cls_y = (tgt_x, tgt_y) if args.mode == "target_only" else (src_x, src_y)
+        self.cls_x, self.cls_y = cls_x.to(acc.device), cls_y.to(acc.device)
+        model = DANN()
+        self.ema = EMA(model, beta=0.999, update_after_step=100, update_every=1) if args.recipe == "improved" else None
+        if self.ema is not None:
+            self.ema.to(acc.device)
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.model, self.opt = acc.prepare(model, opt)
+        self.steps_per_epoch = max(1, len(cls_x) // args.batch_size)
+        self.total = total = args.max_steps or args.epochs * self.steps_per_epoch
+        decay = (lambda s: (1 + 10 * min(1.0, s / total)) ** -0.75) if args.recipe == "improved" else (lambda s: 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay)
+
+    def steps_planned(self, trainer: Trainer) -> int:
+        return self.total
+
+    def checkpointed(self) -> dict:
+        objects = {"model": self.model, "opt": self.opt, "sched": self.sched}
+        return objects if self.ema is None else {**objects, "ema": self.ema}
+
+    def step(self, batch: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        args, acc, gen, n = self.args, self.acc, self.gen, self.args.batch_size
+        ci = torch.randint(0, len(self.cls_x), (n,), generator=gen).to(acc.device)
+        ti = torch.randint(0, len(self.tgt_x), (n,), generator=gen).to(acc.device)
+        alpha = reversal_coefficient(step / self.total)
         with acc.autocast():
             if args.mode == "dann":
-                x = torch.cat([_prepare(cls_x[ci], args.recipe, gen), _prepare(tgt_x[ti], args.recipe, gen)])
-                class_logits, domain_logits = model(x, alpha)
-                domains = torch.cat([torch.zeros(args.batch_size), torch.ones(args.batch_size)]).long().to(acc.device)
-                loss_cls = F.cross_entropy(class_logits[: args.batch_size].float(), cls_y[ci])
+                x = torch.cat([_prepare(self.cls_x[ci], args.recipe, gen), _prepare(self.tgt_x[ti], args.recipe, gen)])
+                class_logits, domain_logits = self.model(x, alpha)
+                domains = torch.cat([torch.zeros(n), torch.ones(n)]).long().to(acc.device)
+                loss_cls = F.cross_entropy(class_logits[:n].float(), self.cls_y[ci])
                 loss_dom = F.cross_entropy(domain_logits.float(), domains)
             else:
-                class_logits, _ = model(_prepare(cls_x[ci], args.recipe, gen), 0.0)
-                loss_cls = F.cross_entropy(class_logits.float(), cls_y[ci])
+                class_logits, _ = self.model(_prepare(self.cls_x[ci], args.recipe, gen), 0.0)
+                loss_cls = F.cross_entropy(class_logits.float(), self.cls_y[ci])
                 loss_dom = torch.zeros((), device=acc.device)
-        loss = loss_cls + loss_dom
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(cls=f"{loss_cls.item():.3f}", dom=f"{loss_dom.item():.3f}", alpha=f"{alpha:.2f}")
-        if step % args.eval_every == 0 or step == total_steps:
-            net = ema.ema_model if ema is not None else acc.unwrap_model(model)
-            log.write(step=step, loss_cls=loss_cls.item(), loss_dom=loss_dom.item(), alpha=alpha,
-                      target_val_acc=accuracy(net, val_x, val_y, args.recipe), elapsed_s=round(budget.elapsed, 1))
-        if budget.exhausted(step):
-            stopped = True
-            break
-    bar.close()
-    final = ema.ema_model if ema is not None else acc.unwrap_model(model)
-    if acc.is_main_process:
-        save_state(state_path, {"model": acc.unwrap_model(model).state_dict(), "opt": opt.state_dict(),
-                                "sched": sched.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-                                "step": step, "rng": gen.get_state(), "wall_time_s": budget.total})
-    target_acc = accuracy(final, val_x, val_y, args.recipe)
-    card = training_card(
-        args, acc, budget, steps=step, steps_planned=total_steps, epochs_equivalent=round(step / steps_per_epoch, 2),
-        stopped_early=stopped, optimizer="Adam", mode=args.mode, recipe=args.recipe,
-        lr_schedule="lr0 / (1 + 10p)^0.75" if args.recipe == "improved" else "constant",
-        weights="EMA (decay 0.999)" if ema is not None else "last step",
-    )
-    card["data"] = {
-        "source": "MNIST-M train (labels used)" if args.mode != "target_only" else None,
-        "target": f"{args.target} train ({'labels used' if args.mode == 'target_only' else 'no labels'})",
-        "evaluation": f"{args.target} val",
-        "root": str(args.data),
-    }
-    card["preprocess"] = {"normalize": "per_image" if args.recipe == "improved" else "half", "size": 28}
-    card["metrics"] = {"target_val_acc": round(target_acc, 4)}
-    if acc.is_main_process:
-        path = save_model(final, args.checkpoint_dir, name, card)
-        print(f"[{name}] {step} steps in {budget.elapsed:.0f}s, {args.target} val accuracy {target_acc:.4f} -> {path}")
-    return card
+        self.opt.zero_grad(set_to_none=True)
+        acc.backward(loss_cls + loss_dom)
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update()
+        return {"cls": loss_cls, "dom": loss_dom, "alpha": torch.tensor(alpha)}
+
+    def shipped(self) -> torch.nn.Module:
+        return self.ema.ema_model if self.ema is not None else self.acc.unwrap_model(self.model)
+
+    def after_step(self, trainer: Trainer, losses: dict[str, torch.Tensor]) -> None:
+        if trainer.step % self.args.eval_every == 0 or trainer.step == self.total:
+            trainer.log.write(step=trainer.step, loss_cls=losses["cls"].item(), loss_dom=losses["dom"].item(), alpha=losses["alpha"].item(),
+                              target_val_acc=accuracy(self.shipped(), self.val_x, self.val_y, self.args.recipe),
+                              elapsed_s=round(trainer.budget.elapsed, 1))
+
+    def card(self, card: dict, trainer: Trainer) -> dict:
+        args, improved = self.args, self.args.recipe == "improved"
+        target_acc = accuracy(self.shipped(), self.val_x, self.val_y, args.recipe)
+        card["training"].update(
+            epochs_equivalent=round(trainer.step / self.steps_per_epoch, 2), optimizer="Adam", mode=args.mode, recipe=args.recipe,
+            lr_schedule="lr0 / (1 + 10p)^0.75" if improved else "constant", weights="EMA (decay 0.999)" if self.ema is not None else "last step",
+        )
+        card["data"] = {
+            "source": "MNIST-M train (labels used)" if args.mode != "target_only" else None,
+            "target": f"{args.target} train ({'labels used' if args.mode == 'target_only' else 'no labels'})",
+            "evaluation": f"{args.target} val",
+            "root": str(args.data),
+        }
+        card["preprocess"] = {"normalize": "per_image" if improved else "half", "size": 28}
+        card["metrics"] = {"target_val_acc": round(target_acc, 4)}
+        print(f"[{trainer.name}] {args.target} val accuracy {target_acc:.4f}")
+        return card
+
+
+def train(args: argparse.Namespace) -> dict:
+    trainer = Trainer(args, run_name(args))
+    return trainer.fit(DANNTask(args, trainer))
