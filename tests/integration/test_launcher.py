@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -94,6 +96,21 @@ def test_launcher_says_when_the_port_is_taken(tmp_path: Path, plumbing_checkpoin
     assert f"port {port}" in out and "set PORT" in out
 
 
+@contextmanager
+def _launched(tmp_path: Path, checkpoints: Path) -> Iterator[tuple[subprocess.Popen, int, list[str]]]:
+    """The launcher on a free port, its output lines so far; it must stop cleanly on Ctrl-C at the end."""
+    port = free_port()
+    launcher = _launch(tmp_path, port, checkpoints)
+    try:
+        yield launcher, port, []
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
 def _read_until(launcher: subprocess.Popen, lines: list[str], needle: str, timeout: float = 120) -> str:
     assert launcher.stdout is not None
     deadline = time.monotonic() + timeout
@@ -107,10 +124,7 @@ def _read_until(launcher: subprocess.Popen, lines: list[str], needle: str, timeo
 
 
 def test_launcher_restarts_a_worker_and_redis_that_die(tmp_path: Path, plumbing_checkpoints: Path) -> None:
-    port = free_port()
-    launcher = _launch(tmp_path, port, plumbing_checkpoints)
-    lines: list[str] = []
-    try:
+    with _launched(tmp_path, plumbing_checkpoints) as (launcher, port, lines):
         _read_until(launcher, lines, "ready: workers up")
         output = "".join(lines)
         small = int(re.search(r"worker for the 'small' queue \(pid (\d+)\)", output).group(1))  # type: ignore[union-attr]
@@ -124,21 +138,12 @@ def test_launcher_restarts_a_worker_and_redis_that_die(tmp_path: Path, plumbing_
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             response = client.post("/generate/faces", params={"n": 2, "wait": 60})
             assert response.status_code == 200, response.text
-        launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(60) == 0
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
 
 
 def test_launcher_puts_the_jobs_of_a_worker_killed_mid_job_back_and_a_restarted_api_reads_them(
     tmp_path: Path, plumbing_checkpoints: Path
 ) -> None:
-    port = free_port()
-    launcher = _launch(tmp_path, port, plumbing_checkpoints)
-    lines: list[str] = []
-    try:
+    with _launched(tmp_path, plumbing_checkpoints) as (launcher, port, lines):
         _read_until(launcher, lines, "ready: workers up")
         worker = int(re.search(r"worker for the 'diffusion' queue \(pid (\d+)\)", "".join(lines)).group(1))  # type: ignore[union-attr]
         long_job = {"label": 4, "n": 20, "sampler": "ddpm", "wait": 0}
@@ -177,9 +182,3 @@ def test_launcher_puts_the_jobs_of_a_worker_killed_mid_job_back_and_a_restarted_
                     time.sleep(0.2)
             assert job["status"] == "succeeded" and len(job["result"]["images"]) == long_job["n"], job
             assert client.get(job["result"]["grid"]["url"]).status_code == 200
-        launcher.send_signal(signal.SIGINT)
-        assert launcher.wait(60) == 0
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
