@@ -7,8 +7,10 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -121,11 +123,23 @@ def _relative(arg: str) -> str:
     return arg
 
 
+def code_revision() -> str | None:
+    """The git commit the code ran at, ``+dirty`` when files differ from it; None outside a git checkout."""
+    try:
+        run = partial(subprocess.run, cwd=REPO, capture_output=True, text=True, timeout=10, check=True)
+        commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def training_card(args: argparse.Namespace, accelerator: Accelerator, budget: Budget, **extra) -> dict:
     """The card fields a training run knows; ``save_model`` adds kind, config and weights."""
     return {
         "training": {
             "command": command_line(),
+            "code_revision": code_revision(),  # with the command, what reruns this training exactly
             "hardware": hardware(accelerator),
             "wall_time_s": round(budget.total, 1),
             "seed": args.seed,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from models.checkpoints import load_model, read_card
 from training.__main__ import main as train_main
+from training.common import REPO
 
 COMMANDS = {
     "dcgan-A": ["dcgan", "--variant", "A"],
@@ -33,6 +35,9 @@ def test_train_then_resume(name: str, small_hw2_data: Path, tmp_path: Path) -> N
     train_main([*COMMANDS[name], *common, "--max-steps", "3", "--resume"])
     card = read_card(tmp_path / "ckpt", name)
     assert card["training"]["steps"] == 3, "resume continues from step 2 instead of starting over"
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        assert card["training"]["code_revision"].removesuffix("+dirty") == head, "the card names the code it ran"
     assert card["training"]["wall_time_s"] >= first["training"]["wall_time_s"]
     model, _ = load_model(tmp_path / "ckpt", name)
     assert not model.training
