@@ -10,6 +10,8 @@ from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.config import comma_list
+
 REPO = Path(__file__).resolve().parents[1]
 # Shorter keys can be guessed online; secrets.token_urlsafe(32) makes 43 characters.
 MIN_API_KEY_CHARS = 16
@@ -77,12 +79,9 @@ class Settings(BaseSettings):
         "is called only when that address is listed as an IP (see docs/service.md). The workers read it too.",
     )
 
-    @field_validator("api_keys", "cors_allow_origins", "webhook_allowed_hosts", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _comma_separated = field_validator("api_keys", "cors_allow_origins", "webhook_allowed_hosts", mode="before")(
+        comma_list
+    )
 
     @field_validator("api_keys")
     @classmethod

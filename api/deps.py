@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from .config import Settings
 from .errors import InvalidParameter
+from .events import JobEventStreams
 from .idempotency import KEY_PATTERN
 from .jobs import JobService
 from .worker_registry import WorkerRegistry
@@ -37,6 +38,10 @@ def get_workers(request: Request) -> WorkerRegistry:
 
 def get_redis(request: Request) -> Redis:
     return request.app.state.redis
+
+
+def get_event_streams(request: Request) -> JobEventStreams:
+    return request.app.state.events
 
 
 def preferred_representation(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Representation:
@@ -93,5 +98,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
+EventStreamsDep = Annotated[JobEventStreams, Depends(get_event_streams)]
 RepresentationDep = Annotated[Representation, Depends(preferred_representation)]
 IdempotencyKeyDep = Annotated[str | None, Depends(idempotency_key)]

@@ -15,6 +15,13 @@ from .webhook_policy import secret_key
 REPO = Path(__file__).resolve().parents[1]
 
 
+def comma_list(value: Any) -> Any:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: how a list setting is written in an environment variable."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -65,12 +72,7 @@ class WorkerSettings(BaseSettings):
         2, ge=1, description="First retry delay of a webhook; it doubles per attempt (with jitter), up to 10 minutes."
     )
 
-    @field_validator("webhook_allowed_hosts", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _comma_separated = field_validator("webhook_allowed_hosts", mode="before")(comma_list)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -26,6 +26,7 @@ from .protocol import (
     TASK_FACES,
     cancel_key,
     deliveries_key,
+    job_key,
 )
 from .registry import SERVED, batch_limit, get_batcher, get_registry
 from .storage import JobFiles
@@ -87,8 +88,11 @@ class JobTask(Task):
         job_id = self.request.id
         key = deliveries_key(job_id)
         pipe = self.client().pipeline()
-        # One round trip: count this run, and see whether the job was canceled while it waited.
-        runs, _, canceled = pipe.incr(key).expire(key, settings.job_ttl_seconds).exists(cancel_key(job_id)).execute()
+        # One round trip: count this run, see whether the job was canceled while it waited,
+        # and read its record for the webhook that after_return notifies.
+        pipe.incr(key).expire(key, settings.job_ttl_seconds).exists(cancel_key(job_id)).get(job_key(job_id))
+        runs, _, canceled, record = pipe.execute()
+        self.request.webhook = webhooks.webhook_in(record)
         started = time.perf_counter()
         state: metrics.State | None = "failed"
         try:
@@ -129,7 +133,7 @@ class JobTask(Task):
         if status not in states.READY_STATES:
             return
         try:
-            webhooks.enqueue_if_asked(self.client(), self.app, task_id)
+            webhooks.enqueue_if_asked(self.app, task_id, getattr(self.request, "webhook", None))
         except Exception as err:  # noqa: BLE001 - the job's outcome stands; a lost notice is logged, not a failed job
             log.warning("could not queue the webhook of %s: %s", task_id, err)
 

@@ -3,9 +3,9 @@
 Two halves, both torch-free:
 
 - ``enqueue_if_asked`` runs in the model worker right after Celery has stored a
-  job's outcome (``workers.tasks.JobTask.after_return``): one Redis GET of the job
-  record, and if it names a webhook, one message on the ``webhooks`` queue. The
-  model worker never waits for a receiver;
+  job's outcome (``workers.tasks.JobTask.after_return``): if the job's record named
+  a webhook (read in the round trip that starts the job, ``webhook_in``), one message
+  on the ``webhooks`` queue. The model worker never waits for a receiver;
 - ``deliver`` runs in the webhook worker (``workers.webhook_app``, a light process
   of its own that loads no model): it reads the job record and its Celery state,
   builds the job exactly as ``GET /jobs/{id}`` shows it (``workers.public``), and
@@ -48,14 +48,13 @@ class JobNotEnded(DeliveryFailed):
     """The job's outcome is not stored yet (it is, by the time the hook runs; a retry covers a slow store)."""
 
 
-def webhook_of(client: redis.Redis, job_id: str) -> str | None:
-    raw = client.get(job_key(job_id))
-    return json.loads(raw).get("webhook") if raw else None
+def webhook_in(record: bytes | str | None) -> str | None:
+    """The webhook URL a job's raw record (``protocol.job_key``) names, if any."""
+    return json.loads(record).get("webhook") if record else None
 
 
-def enqueue_if_asked(client: redis.Redis, app: Celery, job_id: str) -> None:
-    """Queue the delivery of a job that has ended, if its record names a webhook."""
-    url = webhook_of(client, job_id)
+def enqueue_if_asked(app: Celery, job_id: str, url: str | None) -> None:
+    """Queue the delivery of a job that has ended, if it has a webhook."""
     if url:
         app.send_task(TASK_WEBHOOK, kwargs={"job_id": job_id, "url": url})
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from ..deps import JobsDep
-from ..events import JobEventStreams
+from ..deps import EventStreamsDep, JobsDep
 from ..jobs import JobRecord, to_public
 from ..query_checks import strict_query
 from ..schemas import JOB_RUNNING_EXAMPLE, JobPublic
@@ -27,10 +26,6 @@ EVENTS_EXAMPLE = (
     'event: progress\ndata: {"step": 2, "total": 5}\n\n'
     'event: done\ndata: {"id": "9f1c...", "status": "succeeded", "result": {...}}\n\n'
 )
-
-
-def get_streams(request: Request) -> JobEventStreams:
-    return request.app.state.events
 
 
 async def existing_job(job_id: JobId, jobs: JobsDep) -> JobRecord:
@@ -81,7 +76,7 @@ async def existing_job(job_id: JobId, jobs: JobsDep) -> JobRecord:
 )
 async def job_events(
     record: Annotated[JobRecord, Depends(existing_job)],
-    streams: Annotated[JobEventStreams, Depends(get_streams)],
+    streams: EventStreamsDep,
 ) -> AsyncIterator[ServerSentEvent]:
     async for event in streams.stream(record):
         yield event
