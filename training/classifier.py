@@ -14,6 +14,7 @@ from models.digit_classifier import DigitClassifier
 
 from .common import add_common_args
 from .data.datasets import load_digits
+from .eval_common import accuracy as eval_accuracy
 from .trainer import Task, Trainer
 
 
@@ -21,15 +22,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser, epochs=3, batch_size=128, lr=2e-3)
 
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """``images`` uint8 (N, 3, 28, 28)."""
     model.eval()
-    correct = sum(
-        (model(images[i : i + batch].float() / 127.5 - 1).argmax(1) == labels[i : i + batch]).sum().item()
-        for i in range(0, len(images), batch)
-    )
-    return correct / max(1, len(images))
+    return eval_accuracy(lambda x: model(x.float() / 127.5 - 1), images, labels)
 
 
 def _translate(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

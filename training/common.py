@@ -20,11 +20,11 @@ from torchvision.utils import save_image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float) -> None:
+def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float | None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout (built by `python -m training.data`, or the course's hw2_data/)")
     parser.add_argument("--epochs", type=int, default=epochs, help="passes over the training set")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="batch size per process")
-    parser.add_argument("--lr", type=float, default=lr, help="learning rate")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate" + (" (default: the method's)" if lr is None else ""))
     parser.add_argument("--seed", type=int, default=0, help="random seed (printed, stored in the card)")
     parser.add_argument("--out", type=Path, default=None, help="run folder for resume state, logs and sample grids (default runs/<name>)")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="where the inference checkpoint and its card are written")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,14 @@ def classify_uint8(model: torch.nn.Module, images: torch.Tensor, batch: int = 10
     """Evaluation-classifier predictions for uint8 (N, 3, 28, 28) images."""
     preds = [model(images[i : i + batch].float().div(127.5).sub(1)).argmax(1) for i in range(0, len(images), batch)]
     return torch.cat(preds)
+
+
+@torch.no_grad()
+def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, labels: torch.Tensor, batch: int = 1024) -> float:
+    """Top-1 accuracy (torchmetrics) of ``predict`` (a uint8 batch -> class logits) over uint8 images."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    metric = MulticlassAccuracy(num_classes=10, average="micro").to(labels.device)
+    for i in range(0, len(images), batch):
+        metric.update(predict(images[i : i + batch]), labels[i : i + batch])
+    return metric.compute().item()

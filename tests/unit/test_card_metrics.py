@@ -26,8 +26,9 @@ def _twins() -> list[tuple[str, str, str]]:
     for variant, name in FACE_MODELS.items():
         pairs += [(f"faces_{variant}_hog", name, "hog_one_face_rate"), (f"faces_{variant}_msssim", name, "msssim")]
         pairs.append(("faces_real_msssim", name, "real_val_msssim"))
-    for target in DANN_MODELS:
-        pairs += [(f"dann_{target}_{row}", name, "target_val_acc") for row, name in dann_table_names(target).items()]
+    for target, served in DANN_MODELS.items():
+        pairs += [(f"dann_{target}_test", served, "target_test_acc"), (f"dann_{target}_val", served, "target_val_acc")]
+        pairs += [(f"dann_{target}_{row}", name, "target_test_acc") for row, name in dann_table_names(target).items() if name != served]
     pairs.append(("digits_real_msssim", "ddpm-digits", "real_msssim"))
     return pairs
 
@@ -56,3 +57,14 @@ def test_face_diversity_takes_four_scales_at_64_pixels() -> None:
     faces = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert mean_pairwise_msssim(faces[:1].repeat(4, 1, 1, 1), scales=4) == pytest.approx(1.0, abs=1e-4)
     assert mean_pairwise_msssim(faces, scales=4) < 0.2
+
+
+def test_dann_rows_ran_one_step_plan_to_its_end() -> None:
+    """Budget-matched rows: every shipped DANN checkpoint completed the step plan of the 3-seed table."""
+    table = json.loads((REPO / "docs" / "report" / "dann_table.json").read_text())
+    for target in DANN_MODELS:
+        for row, name in dann_table_names(target).items():
+            training = CARDS[name]["training"]
+            assert training["completed"] and training["steps"] == training["steps_planned"] == table["steps"], name
+            assert training["method"] == row and training["seed"] == table["shipped_seed"], name
+            assert len(table["rows"][target][row]["seeds"]) >= 3, f"{target} {row}: fewer than 3 seeds"

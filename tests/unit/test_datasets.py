@@ -97,3 +97,25 @@ def test_clear_errors(small_hw2_data: Path, tmp_path: Path) -> None:
         FaceFolder(small_hw2_data, "test")
     with pytest.raises(FileNotFoundError, match="python -m training.data"):
         DigitFolder(tmp_path, "svhn", "train")
+
+
+def test_decoded_split_is_cached_and_dropped_when_its_csv_changes(small_hw2_data: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    root = tmp_path / "hw2_data"
+    shutil.copytree(small_hw2_data / "digits" / "usps", root / "digits" / "usps", ignore=shutil.ignore_patterns(".*"))
+    decoded, labels = load_digits(root, "usps", "train")
+    cache = root / "digits" / "usps" / ".train.pixels.npy"
+    assert cache.is_file(), "a whole split is kept decoded beside its csv"
+    again, again_labels = load_digits(root, "usps", "train")
+    assert torch.equal(again, decoded) and torch.equal(again_labels, labels)
+    assert torch.equal(load_digits(root, "usps", "train", limit=2)[0], decoded[:2])
+
+    # A rebuilt split (new csv) must not be served from the old pixels.
+    table = root / "digits" / "usps" / "train.csv"
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    os.utime(table, (cache.stat().st_mtime + 5, cache.stat().st_mtime + 5))
+    flipped, flipped_labels = load_digits(root, "usps", "train")
+    assert torch.equal(flipped, decoded.flip(0)) and torch.equal(flipped_labels, labels.flip(0))

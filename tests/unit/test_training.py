@@ -15,9 +15,10 @@ COMMANDS = {
     "dcgan-A": ["dcgan", "--variant", "A"],
     "dcgan-B": ["dcgan", "--variant", "B"],
     "ddpm-digits": ["ddpm", "--base-channels", "8"],
-    "dann-usps": ["dann", "--target", "usps", "--mode", "dann"],
-    "dann-svhn-source-only-plain": ["dann", "--target", "svhn", "--mode", "source_only", "--recipe", "plain"],
-    "dann-svhn-target-only": ["dann", "--target", "svhn", "--mode", "target_only"],
+    "dann-usps": ["dann", "--target", "usps"],
+    "dann-svhn-plain": ["dann", "--target", "svhn", "--method", "dann_plain"],
+    "dann-svhn-vada": ["dann", "--target", "svhn", "--method", "vada"],
+    "dann-svhn-target-only": ["dann", "--target", "svhn", "--method", "target_only"],
     "digit-classifier": ["classifier"],
 }
 

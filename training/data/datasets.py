@@ -124,8 +124,30 @@ def load_digits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole digit split (or its first ``limit``) in memory: uint8 (N,3,28,28) and int64 labels (N,)."""
     paths, labels = digit_index(root, domain, split)
-    paths, labels = paths[:limit], labels[:limit]
-    return _load_stack(paths, DIGIT_SIZE, threads), torch.tensor(labels, dtype=torch.int64)
+    cache = Path(root) / "digits" / domain / f".{split}.pixels.npy"
+    table = cache.with_name(f"{split}.csv")
+    if cache.is_file() and cache.stat().st_mtime >= table.stat().st_mtime:
+        pixels = np.load(cache, mmap_mode="r")
+        if len(pixels) == len(paths):
+            return torch.from_numpy(np.array(pixels[:limit])), torch.tensor(labels[:limit], dtype=torch.int64)
+    if limit is not None:
+        return _load_stack(paths[:limit], DIGIT_SIZE, threads), torch.tensor(labels[:limit], dtype=torch.int64)
+    images = _load_stack(paths, DIGIT_SIZE, threads)
+    _write_cache(cache, images.numpy())
+    return images, torch.tensor(labels, dtype=torch.int64)
+
+
+def _write_cache(path: Path, pixels: np.ndarray) -> None:
+    """Keep a decoded split beside its csv: MNIST-M train takes 25 s to decode, 0.1 s to read back.
+
+    A read-only layout (the course's own folder) simply goes without.
+    """
+    tmp = path.with_name(path.name + ".tmp.npy")
+    try:
+        np.save(tmp, pixels)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def load_faces(
