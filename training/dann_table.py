@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.ship:
         ship(args)
         return
-    runs = [(t, m, int(s)) for t in args.targets for s in args.seeds.split(",") for m in args.methods]
+    # Seed by seed, so a sweep cut short still holds whole seeds of every row.
+    runs = [(t, m, int(s)) for s in args.seeds.split(",") for t in args.targets for m in args.methods]
     train_missing(args, runs)
     measure(args, runs)
 
