@@ -134,12 +134,15 @@ def code_revision() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def training_card(args: argparse.Namespace, accelerator: Accelerator, budget: Budget, **extra) -> dict:
-    """The card fields a training run knows; ``save_model`` adds kind, config and weights."""
+def training_card(args: argparse.Namespace, accelerator: Accelerator, budget: Budget, revision: str | None, **extra) -> dict:
+    """The card fields a training run knows; ``save_model`` adds kind, config and weights.
+
+    ``revision`` is ``code_revision()`` as the run started: the code it imported, whatever was committed since.
+    """
     return {
         "training": {
             "command": command_line(),
-            "code_revision": code_revision(),  # with the command, what reruns this training exactly
+            "code_revision": revision,  # with the command, what reruns this training exactly
             "hardware": hardware(accelerator),
             "wall_time_s": round(budget.total, 1),
             "seed": args.seed,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers.optimization import get_constant_schedule_with_warmup
 from ema_pytorch import EMA
 from tqdm import tqdm
 
@@ -193,7 +194,7 @@ class DDPMTask(Task):
             unet = unet.to(memory_format=torch.channels_last)
         self.ema = _make_ema(unet, args, plan, acc.device)  # before prepare: it copies the plain module
         opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0, fused=cuda)
-        self.warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
+        self.warmup = get_constant_schedule_with_warmup(opt, num_warmup_steps=args.warmup_steps)
         self.model, self.opt = acc.prepare(unet, opt)
         self.forward_model = torch.compile(self.model) if args.compile else self.model
         self.schedule = NoiseSchedule(plan.schedule)

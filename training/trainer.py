@@ -33,6 +33,7 @@ from models.checkpoints import save_model
 from .common import (
     Budget,
     JsonLog,
+    code_revision,
     load_state,
     make_accelerator,
     save_state,
@@ -111,6 +112,7 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, name: str) -> None:
         self.args, self.name = args, name
+        self.revision = code_revision()  # now: the card names the code this process imported
         self.out = Path(args.out or f"runs/{name}")
         self.state_path = self.out / "state.pt"
         set_seed(args.seed)
@@ -243,7 +245,7 @@ class Trainer:
         if stopped_early:
             fields["stopped_at"] = (f"{self.step} of {planned} planned steps ({100 * self.step / max(planned, 1):.1f}%), "
                                     f"cut by --max-minutes {self.args.max_minutes}")
-        card = task.card(training_card(self.args, self.acc, self.budget, **fields), self)
+        card = task.card(training_card(self.args, self.acc, self.budget, self.revision, **fields), self)
         if self.acc.is_main_process:
             path = save_model(task.shipped(), self.args.checkpoint_dir, self.name, card)
             print(f"[{self.name}] {self.step} steps, {self.epoch} epochs in {self.budget.elapsed:.0f}s -> {path}")
