@@ -107,13 +107,13 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int) -> None:
     save_image(images.float().clamp(0, 1), path, nrow=nrow, padding=2)
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    """The command that produced this run, as recorded in the model card.
+def command_line(argv: list[str] | None = None, module: str = "training") -> str:
+    """The command that produced this run (or measurement), as recorded in the model card.
 
     Paths inside the checkout are written relative to it, so a card names no
     machine's folders and its command reruns from any clone.
     """
-    return "python -m training " + " ".join(shlex.quote(_relative(a)) for a in (sys.argv if argv is None else argv)[1:])
+    return f"python -m {module} " + " ".join(shlex.quote(_relative(a)) for a in (sys.argv if argv is None else argv)[1:])
 
 
 def _relative(arg: str) -> str:

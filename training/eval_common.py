@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoints import read_card, write_card
+
+from .common import code_revision, command_line
+
 
 def device_of(name: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; any other name is taken as is."""
@@ -29,6 +33,13 @@ def write_metrics(checkpoint_dir: Path, values: dict, drop: tuple[str, ...] = ()
         metrics.pop(key, None)
     path.write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
     return metrics
+
+
+def record_evaluation(checkpoint_dir: Path, name: str, what: str) -> None:
+    """Note in a card which command (and code) measured its ``what`` metrics, beside them."""
+    card = read_card(checkpoint_dir, name)
+    card.setdefault("evaluation", {})[what] = {"command": command_line(module="training.evaluate"), "code_revision": code_revision()}
+    write_card(checkpoint_dir, name, card)
 
 
 def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:

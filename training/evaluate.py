@@ -35,7 +35,7 @@ from .dann_table import TABLE_METHODS
 from .data.datasets import load_faces
 from .data.splits import load_target
 from .diversity import mean_pairwise_msssim
-from .eval_common import device_of, to_uint8_hwc, write_metrics
+from .eval_common import device_of, record_evaluation, to_uint8_hwc, write_metrics
 from .evaluate_digits import evaluate_digits, sweep
 
 # FID is not measured: it needs Inception weights (pytorch-fid downloads them), and
@@ -108,6 +108,7 @@ def evaluate_faces(args: argparse.Namespace) -> dict:
                 "real_val_msssim": round(real_msssim, 4),
             },
         )
+        record_evaluation(args.checkpoint_dir, name, "faces")
         results[f"faces_{variant}_hog"] = round(rate, 4)
         results[f"faces_{variant}_msssim"] = round(msssim, 4)
     return write_metrics(args.checkpoint_dir, results, drop=("fid_A", "fid_B"))
@@ -182,6 +183,7 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
                 "target_val_acc": round(acc["val"], 4), "target_val_images": len(splits["val"][1]),
                 "splits": "training.data.splits (test: the layout's val.csv; val: 1,000 drawn from its train.csv)",
             })
+            record_evaluation(args.checkpoint_dir, name, "dann")
             if name == DANN_MODELS[target]:  # the served model
                 results.update({f"dann_{target}_test": round(acc["test"], 4), f"dann_{target}_val": round(acc["val"], 4)})
             else:

@@ -47,6 +47,15 @@ def test_every_card_says_how_it_was_trained(name: str) -> None:
         assert field in training, f"{name}.json: training has no {field!r}"
 
 
+@pytest.mark.parametrize("name", sorted(n for n, c in CARDS.items() if c.get("metrics")), ids=str)
+def test_every_measured_card_names_the_command_that_measured_it(name: str) -> None:
+    records = CARDS[name].get("evaluation", {})
+    assert records, f"{name}.json has metrics but no evaluation record: rerun python -m training.evaluate"
+    for what, record in records.items():
+        assert record["command"].startswith("python -m training.evaluate "), (name, what)
+        assert record["code_revision"], (name, what)
+
+
 def test_no_metric_of_a_measurement_that_never_ran() -> None:
     # FID needs Inception weights these machines cannot download: it is not measured, so not listed.
     assert not [key for key in METRICS if key.startswith("fid")]

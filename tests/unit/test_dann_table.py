@@ -48,5 +48,6 @@ def test_table_sweep_ship_and_evaluate(small_hw2_data: Path, tmp_path: Path, cap
     assert set(metrics) == {"dann_usps_test", "dann_usps_val", "dann_usps_dann"}
     card = list_cards(shipped)["dann-usps"]["metrics"]
     assert card["target_test_acc"] == metrics["dann_usps_test"]
+    assert list_cards(shipped)["dann-usps"]["evaluation"]["dann"]["command"].startswith("python -m training.evaluate dann --data ")
     assert card["target_test_images"] == table["splits"]["usps"]["test"]
     assert table["rows"]["usps"]["dann_st"]["test"]["runs"][0] == pytest.approx(metrics["dann_usps_test"], abs=1e-4)
