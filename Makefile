@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 # e.g. EVAL_ARGS="--ddpm-per-digit 0": 400-step DDPM on 1,000 digits takes hours of CPU (minutes on a GPU).
 EVAL_ARGS ?=
 
-.PHONY: install test test-unit run bench screenshots data models evaluate report clean
+.PHONY: install test test-unit run bench screenshots data models evaluate report dann-table clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ $(DATA_DIR)/manifest.json:
 # Re-measures every shipped number into the cards and checkpoints/metrics.json.
 evaluate: install $(DATA_DIR)/manifest.json
 	$(PY) -m training.evaluate all --data $(DATA_DIR) $(EVAL_ARGS)
+
+# The DANN table: each method x target x seed to the end of one step plan (CPU hours; the JSON has each run's wall time),
+# then docs/report/dann_table.json; `python -m training.dann_table --ship` copies seed 0 of each row to checkpoints/.
+DANN_TABLE_ARGS ?= --seeds 0,1,2 --jobs 2
+dann-table: install $(DATA_DIR)/manifest.json
+	$(PY) -m training.dann_table --data $(DATA_DIR) $(DANN_TABLE_ARGS)
 
 # Redraws docs/report/ (figures and tables) from the shipped checkpoints and metrics.json.
 report: install $(DATA_DIR)/manifest.json
