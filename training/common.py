@@ -124,11 +124,14 @@ def _relative(arg: str) -> str:
 
 
 def code_revision() -> str | None:
-    """The git commit the code ran at, ``+dirty`` when files differ from it; None outside a git checkout."""
+    """The git commit the code ran at, ``+dirty`` when files differ from it; None outside a git checkout.
+
+    The shipped cards, metrics and report are outputs, not code: the evaluation commands rewrite them as they go.
+    """
     try:
         run = partial(subprocess.run, cwd=REPO, capture_output=True, text=True, timeout=10, check=True)
         commit = run(["git", "rev-parse", "HEAD"]).stdout.strip()
-        dirty = run(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+        dirty = run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!checkpoints", ":!docs"]).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
