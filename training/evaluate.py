@@ -33,7 +33,7 @@ from models.pipelines import DannClassifier, FacePipeline
 from .dann import run_name
 from .dann_table import TABLE_METHODS
 from .data.datasets import load_faces
-from .data.splits import load_target
+from .data.splits import VAL_SIZE, load_target
 from .diversity import mean_pairwise_msssim
 from .eval_common import device_of, record_evaluation, to_uint8_hwc, write_metrics
 from .evaluate_digits import evaluate_digits, sweep
@@ -181,7 +181,7 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
             update_metrics(args.checkpoint_dir, name, {
                 "target_test_acc": round(acc["test"], 4), "target_test_images": len(splits["test"][1]),
                 "target_val_acc": round(acc["val"], 4), "target_val_images": len(splits["val"][1]),
-                "splits": "training.data.splits (test: the layout's val.csv; val: 1,000 drawn from its train.csv)",
+                "splits": f"training.data.splits (test: the layout's val.csv; val: {VAL_SIZE:,} drawn from its train.csv)",
             })
             record_evaluation(args.checkpoint_dir, name, "dann")
             if name == DANN_MODELS[target]:  # the served model
