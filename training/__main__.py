@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from . import classifier, dann, dcgan, ddpm
+from .common import command_line
 
 TRAINERS = {"dcgan": dcgan, "ddpm": ddpm, "dann": dann, "classifier": classifier}
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, module in TRAINERS.items():
         module.add_args(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
     args = parser.parse_args(argv)
+    args.command = command_line(None if argv is None else ["training", *argv])  # as run, also when called in-process
     TRAINERS[args.model].train(args)
 
 

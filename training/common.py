@@ -144,7 +144,7 @@ def training_card(args: argparse.Namespace, accelerator: Accelerator, budget: Bu
     """
     return {
         "training": {
-            "command": command_line(),
+            "command": getattr(args, "command", None) or command_line(),
             "code_revision": revision,  # with the command, what reruns this training exactly
             "hardware": hardware(accelerator),
             "wall_time_s": round(budget.total, 1),

@@ -33,7 +33,7 @@ from models.checkpoints import list_cards, load_model, save_model
 from models.loading import load_pipeline
 from models.pipelines import DannClassifier
 
-from .common import REPO
+from .common import REPO, command_line
 from .dann import METHODS, SERVED_METHOD, run_name
 from .data.splits import TARGETS, load_target
 
@@ -101,8 +101,9 @@ def measure(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> dict:
         print(f"{name}: val {row['val'][-1]:.4f}, test {row['test'][-1]:.4f}")
     hardware = sorted({c["training"]["hardware"] for n, c in cards.items() if n.startswith("dann-")})
     table = {
-        "command": "python -m training.dann_table " + " ".join(sys.argv[1:]),
+        "command": args.command,
         "steps": args.steps, "batch_size": 64, "hardware": hardware, "shipped_seed": SHIPPED_SEED,
+        "runs_at_a_time": args.jobs, "threads_per_run": args.threads,
         "splits": {t: {p: len(splits[t][p][1]) for p in ("val", "test")} for t in args.targets},
         "rows": {t: {m: {"summary": r["summary"], "seeds": r["seeds"], "val": _summary(r["val"]), "test": _summary(r["test"]),
                          "wall_time_s": _summary(r["wall_time_s"])} for m, r in rows[t].items()} for t in args.targets},
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--ship", action="store_true", help="copy seed 0 of each row to --checkpoint-dir instead of training")
     args = parser.parse_args(argv)
+    args.command = command_line(None if argv is None else ["dann_table", *argv], module="training.dann_table")
     args.targets, args.methods = args.targets.split(","), args.methods.split(",")
     if unknown := set(args.methods) - set(METHODS):
         parser.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")

@@ -11,7 +11,7 @@ import torch
 
 from models.checkpoints import read_card, write_card
 
-from .common import code_revision, command_line
+from .common import code_revision
 
 
 def device_of(name: str) -> torch.device:
@@ -35,10 +35,10 @@ def write_metrics(checkpoint_dir: Path, values: dict, drop: tuple[str, ...] = ()
     return metrics
 
 
-def record_evaluation(checkpoint_dir: Path, name: str, what: str) -> None:
+def record_evaluation(checkpoint_dir: Path, name: str, what: str, command: str) -> None:
     """Note in a card which command (and code) measured its ``what`` metrics, beside them."""
     card = read_card(checkpoint_dir, name)
-    card.setdefault("evaluation", {})[what] = {"command": command_line(module="training.evaluate"), "code_revision": code_revision()}
+    card.setdefault("evaluation", {})[what] = {"command": command, "code_revision": code_revision()}
     write_card(checkpoint_dir, name, card)
 
 

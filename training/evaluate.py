@@ -30,6 +30,7 @@ from models.checkpoints import (
 from models.loading import DANN_MODELS, FACE_MODELS, load_pipeline
 from models.pipelines import DannClassifier, FacePipeline
 
+from .common import command_line
 from .dann import run_name
 from .dann_table import TABLE_METHODS
 from .data.datasets import load_faces
@@ -108,7 +109,7 @@ def evaluate_faces(args: argparse.Namespace) -> dict:
                 "real_val_msssim": round(real_msssim, 4),
             },
         )
-        record_evaluation(args.checkpoint_dir, name, "faces")
+        record_evaluation(args.checkpoint_dir, name, "faces", args.command)
         results[f"faces_{variant}_hog"] = round(rate, 4)
         results[f"faces_{variant}_msssim"] = round(msssim, 4)
     return write_metrics(args.checkpoint_dir, results, drop=("fid_A", "fid_B"))
@@ -183,7 +184,7 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
                 "target_val_acc": round(acc["val"], 4), "target_val_images": len(splits["val"][1]),
                 "splits": f"training.data.splits (test: the layout's val.csv; val: {VAL_SIZE:,} drawn from its train.csv)",
             })
-            record_evaluation(args.checkpoint_dir, name, "dann")
+            record_evaluation(args.checkpoint_dir, name, "dann", args.command)
             if name == DANN_MODELS[target]:  # the served model
                 results.update({f"dann_{target}_test": round(acc["test"], 4), f"dann_{target}_val": round(acc["val"], 4)})
             else:
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", choices=sorted(FACE_MODELS), default=None, help="faces-snapshots: which DCGAN")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    args.command = command_line(None if argv is None else ["evaluate", *argv], module="training.evaluate")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "faces-snapshots":

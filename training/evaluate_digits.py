@@ -26,7 +26,6 @@ from models.loading import DIGIT_MODEL, EVAL_CLASSIFIER, load_pipeline
 from models.pipelines import DigitPipeline
 from models.scheduler import SamplingConfig
 
-from .common import command_line
 from .data.datasets import load_digits
 from .diversity import per_label_msssim
 from .eval_common import classify_uint8, device_of, record_evaluation, write_metrics
@@ -204,7 +203,7 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
     real_acc = (classify_uint8(clf, vx.to(device)).cpu() == vy).float().mean().item()
     print(f"evaluation classifier on real MNIST-M val ({len(vx)} images): accuracy {real_acc:.4f}")
     update_metrics(args.checkpoint_dir, EVAL_CLASSIFIER, {"mnistm_val_acc": round(real_acc, 4)})
-    record_evaluation(args.checkpoint_dir, EVAL_CLASSIFIER, "mnistm_val")
+    record_evaluation(args.checkpoint_dir, EVAL_CLASSIFIER, "mnistm_val", args.command)
     default = SamplingConfig.card_default(card)
     runs = [("ddpm", default.override(sampler="ddpm"), args.ddpm_per_digit), ("fewstep", default, args.per_digit)]
     results: dict = {"eval_classifier_mnistm_val_acc": round(real_acc, 4)}
@@ -217,7 +216,7 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
         print(f"digits {row['label']}: {per_digit}/digit, seed {args.seed}, NFE {row['nfe']}, accuracy {row['accuracy']:.4f}, "
               f"MS-SSIM {row['msssim']:.4f}; per digit " + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(row["per_class"])))
         results |= {f"digits_{key}_acc": row["accuracy"], f"digits_{key}_nfe": row["nfe"], f"digits_{key}_msssim": row["msssim"]}
-        card_metrics[f"eval_classifier_acc_{key}"] = row | {"command": command_line(module="training.evaluate")}
+        card_metrics[f"eval_classifier_acc_{key}"] = row | {"command": args.command}
     if card_metrics:
         real = real_msssim(args.data, max(args.per_digit, args.ddpm_per_digit))
         print(f"real MNIST-M val: per-label MS-SSIM {real:.4f}")
@@ -226,5 +225,5 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
     card = read_card(args.checkpoint_dir, DIGIT_MODEL)
     metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS} | card_metrics
     write_card(args.checkpoint_dir, DIGIT_MODEL, card | {"metrics": metrics})
-    record_evaluation(args.checkpoint_dir, DIGIT_MODEL, "digits")
+    record_evaluation(args.checkpoint_dir, DIGIT_MODEL, "digits", args.command)
     return write_metrics(args.checkpoint_dir, results, drop=tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS))

@@ -170,7 +170,8 @@ def dann_lines(metrics: dict, cards: dict, out: Path) -> list[str]:
         methods = list(dict.fromkeys(m for t in targets for m in table["rows"][t]))
         seeds = sorted({s for t in targets for r in table["rows"][t].values() for s in r["seeds"]})
         lines += ["", f"Every row trained to the end of the same plan: {table['steps']:,} steps of batch {table['batch_size']} "
-                  f"(source and target), seeds {', '.join(map(str, seeds))}, on {'; '.join(table['hardware'])}. "
+                  f"(source and target), seeds {', '.join(map(str, seeds))}, on {'; '.join(table['hardware'])}"
+                  f"{f', {n} runs at a time' if (n := table.get('runs_at_a_time', 1)) > 1 else ''}. "
                   f"Mean ± sample standard deviation over seeds (`{table['command']}`); "
                   "test images: " + ", ".join(f"{t.upper()} {table['splits'][t]['test']:,}" for t in targets) + ".", "",
                   "| method | " + " | ".join(f"MNIST-M -> {t.upper()} test | val" for t in targets)

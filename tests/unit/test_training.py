@@ -39,6 +39,7 @@ def test_train_then_resume(name: str, small_hw2_data: Path, tmp_path: Path) -> N
     if (REPO / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         assert card["training"]["code_revision"].removesuffix("+dirty") == head, "the card names the code it ran"
+    assert card["training"]["command"].startswith(f"python -m training {' '.join(COMMANDS[name])} --data "), "the card holds the run's own command"
     assert card["training"]["wall_time_s"] >= first["training"]["wall_time_s"]
     model, _ = load_model(tmp_path / "ckpt", name)
     assert not model.training
