@@ -45,7 +45,9 @@ def _rows(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    # Hidden files are the readers' decoded-split caches (training.data.datasets), not the builder's output.
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def _mirror(source: Path, dst: Path) -> Path:
