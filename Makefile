@@ -27,7 +27,7 @@ test-unit: install
 	DATA_SOURCE=$(abspath $(DATA_SOURCE)) $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 run: install
-	$(PY) -m api.launcher
+	$(PY) -m stack
 
 # Starts its own stack on free ports and writes docs/bench.json; BENCH_ARGS="--sections service --quick" for a smoke run.
 bench: install

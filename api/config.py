@@ -1,34 +1,24 @@
-"""API settings, from environment variables (or a ``.env`` file in the working directory)."""
+"""API settings: the shared ones (``contract.settings``) and what only the API reads, from environment
+variables (or a ``.env`` file in the working directory)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from workers.config import comma_list
+from contract.settings import ServiceSettings, comma_list
 
-REPO = Path(__file__).resolve().parents[1]
 # Shorter keys can be guessed online; secrets.token_urlsafe(32) makes 43 characters.
 MIN_API_KEY_CHARS = 16
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    redis_url: str = Field(
-        "redis://localhost:6379/0",
-        description="Broker and result backend. Unset, `python -m api.launcher` starts a local redis-server.",
-    )
-    results_dir: Path = Field(REPO / "var" / "results", description="Result images, shared with the workers.")
-    checkpoint_dir: Path = Field(REPO / "checkpoints", description="Model cards and weights (read by the workers).")
+class Settings(ServiceSettings):
     host: str = Field("127.0.0.1", description="Where the launcher's uvicorn listens.")
     port: int = Field(8000, ge=1, le=65535, description="The launcher's HTTP port.")
-    job_ttl_seconds: int = Field(86_400, ge=60, description="How long jobs, results and their files are kept.")
     results_max_bytes: int = Field(
         2 * 2**30,
         ge=1,
@@ -72,14 +62,8 @@ class Settings(BaseSettings):
         description="Comma-separated origins (`https://app.example`) whose web pages may call the API, or `*`. "
         "Empty: same-origin only; a POST from any other page is refused with 403.",
     )
-    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated hosts (names or IP addresses, any port) a job's `webhook` may call. Empty: "
-        "webhooks are off and a request with one is refused with 422. A receiver on a private or loopback address "
-        "is called only when that address is listed as an IP (see docs/service.md). The workers read it too.",
-    )
 
-    _comma_separated = field_validator("api_keys", "cors_allow_origins", "webhook_allowed_hosts", mode="before")(
+    _api_lists = field_validator("api_keys", "cors_allow_origins", mode="before")(
         comma_list
     )
 

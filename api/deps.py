@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
-from .config import Settings
-from .errors import InvalidParameter
-from .events import JobEventStreams
-from .idempotency import KEY_PATTERN
-from .jobs import JobService
-from .worker_registry import WorkerRegistry
+from api.config import Settings
+from api.errors import InvalidParameter
+from api.operations.live_workers import LiveWorkers
+from api.service.idempotency import KEY_PATTERN
+from api.service.job_service import JobService
+from api.service.live_events import JobEventStreams
 
 Representation = Literal["json", "png", "csv"]
 _MEDIA_TYPES: dict[str, Representation] = {
@@ -32,7 +32,7 @@ def get_jobs(request: Request) -> JobService:
     return request.app.state.jobs
 
 
-def get_workers(request: Request) -> WorkerRegistry:
+def get_workers(request: Request) -> LiveWorkers:
     return request.app.state.workers
 
 
@@ -96,7 +96,7 @@ def idempotency_key(
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobService, Depends(get_jobs)]
-WorkersDep = Annotated[WorkerRegistry, Depends(get_workers)]
+WorkersDep = Annotated[LiveWorkers, Depends(get_workers)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 EventStreamsDep = Annotated[JobEventStreams, Depends(get_event_streams)]
 RepresentationDep = Annotated[Representation, Depends(preferred_representation)]

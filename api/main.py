@@ -19,21 +19,21 @@ from prometheus_client import (
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL
-
-from . import errors, security
-from .celery_client import make_celery
-from .cleanup import ResultsJanitor
-from .config import Settings
-from .events import JobEventStreams
-from .jobs import JobService
-from .middleware import BodySizeLimit
-from .monitoring import ServiceCollector
-from .query_checks import document_settings
-from .ratelimit import RateLimiter
-from .routes import classify, digits, faces, health, jobs, live, models, playground
-from .routes.common import error_responses
-from .worker_registry import WorkerRegistry
+from api import errors
+from api.access import keys as security
+from api.access.rate_limits import RateLimiter
+from api.config import Settings
+from api.middleware import BodySizeLimit
+from api.operations.live_workers import LiveWorkers
+from api.operations.metrics import ServiceCollector
+from api.operations.retention import ResultsJanitor
+from api.parsing.query_rules import document_settings
+from api.routes import classify, digits, faces, health, jobs, live, models, playground
+from api.routes.common import error_responses
+from api.service.job_service import JobService
+from api.service.live_events import JobEventStreams
+from contract.broker import api_celery
+from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL
 
 DESCRIPTION = """
 On-demand DCGAN faces, class-conditional diffusion digits (MNIST-M style) and
@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
-        celery = make_celery(settings.redis_url, settings.job_ttl_seconds)
+        celery = api_celery(settings.redis_url, settings.job_ttl_seconds)
         app.state.redis = redis
         app.state.jobs = JobService(
             celery,
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.job_ttl_seconds,
             queue_bounds={QUEUE_SMALL: settings.max_queued_small, QUEUE_DIFFUSION: settings.max_queued_diffusion},
         )
-        app.state.workers = WorkerRegistry(redis)
+        app.state.workers = LiveWorkers(redis)
         app.state.events = JobEventStreams(app.state.jobs, redis)
         app.state.limiter = (
             RateLimiter(

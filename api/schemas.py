@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from workers.protocol import ANIMATION_MAX_FRAMES
-
-# The public view of a job is the workers' too (a webhook sends it): its models live in workers.public.
-from workers.public import (  # noqa: F401  (re-exported: the API's modules and tests import them from here)
-    CLASSIFY_DONE_EXAMPLE,
-    DIGITS_DONE_EXAMPLE,
-    FACES_DONE_EXAMPLE,
-    JOB_FAILED_EXAMPLE,
-    JOB_QUEUED_EXAMPLE,
-    JOB_RUNNING_EXAMPLE,
-    ClassifyResult,
-    DigitsResult,
-    FaceModel,
-    FacesResult,
-    FrameLink,
-    ImageLink,
-    JobKind,
-    JobPublic,
-    JobResult,
-    JobStatus,
-    Prediction,
-    Progress,
-    Sampler,
-    Target,
-)
+from contract.digits import ANIMATION_MAX_FRAMES, FRAME_TIMESTEPS, NUM_TRAIN_TIMESTEPS
+from contract.jobs import Sampler
+from contract.queues import QUEUES
+from contract.registration import WorkerRegistration
+from contract.roles import FACE_CHECKPOINTS, FACE_ROLES, FaceModel, Target
 
 MAX_SEED = 2**32 - 1
-T_STEPS = 400  # the served diffusion model's number of training timesteps
+_FRAMES = ", ".join(map(str, FRAME_TIMESTEPS))
 
 _WAIT_DESCRIPTION = (
     "Seconds to wait for the result before answering `202 Accepted` with the job's URL. "
@@ -96,7 +75,7 @@ class DigitsQuery(_Query):
     frames: bool = Field(
         False,
         description=(
-            "Also return the reverse-process frames of the first image at t = 400, 320, 240, 160, 80, 0. "
+            f"Also return the reverse-process frames of the first image at t = {_FRAMES}. "
             "`GET /jobs/{id}/events` streams each frame as soon as the worker has drawn it."
         ),
         examples=[True],
@@ -116,7 +95,7 @@ class DigitsQuery(_Query):
             "chosen by measured accuracy and diversity; `GET /models` shows it), at most 10 network evaluations "
             "per image. `unipc` (UniPC) and `dpmpp-2m` (DPM-Solver++ 2M) are multistep solvers that need few steps "
             "(default 10); `dpmpp-2m-sde` is DPM-Solver++'s stochastic variant; `ddim` is the deterministic sampler "
-            "of Song et al. (default 25 steps). `ddpm` is the report's full 400-step ancestral sampler: 40 times "
+            f"of Song et al. (default 25 steps). `ddpm` is the report's full {NUM_TRAIN_TIMESTEPS}-step ancestral sampler: 40 times "
             "the network evaluations of the default, so on a CPU worker expect a `202` and poll."
         ),
         examples=["unipc"],
@@ -124,10 +103,10 @@ class DigitsQuery(_Query):
     steps: int | None = Field(
         None,
         ge=1,
-        le=T_STEPS,
+        le=NUM_TRAIN_TIMESTEPS,
         description=(
             "Sampling steps, at most the served model's diffusion timesteps (`num_train_timesteps` in "
-            "`GET /models`: 400 for the shipped model). `ddpm` always runs all of them, so with `ddpm` only that "
+            f"`GET /models`: {NUM_TRAIN_TIMESTEPS} for the shipped model). `ddpm` always runs all of them, so with `ddpm` only that "
             "number is accepted. Absent: the recommended configuration's steps for its sampler, else 10 (25 for "
             "`ddim`)."
         ),
@@ -146,19 +125,19 @@ class DigitsQuery(_Query):
     guidance_from: int | None = Field(
         None,
         ge=0,
-        le=T_STEPS,
+        le=NUM_TRAIN_TIMESTEPS,
         description=(
-            "Apply guidance only at timesteps t with `guidance_from <= t <= guidance_to` (400 is pure noise, 0 the "
+            f"Apply guidance only at timesteps t with `guidance_from <= t <= guidance_to` ({NUM_TRAIN_TIMESTEPS} is pure noise, 0 the "
             "finished digit), the limited interval of Kynkaanniemi et al. (2024): steps outside it cost one network "
             "evaluation instead of two. Give both or neither; absent: the recommended configuration's interval. "
-            "`guidance_from=0&guidance_to=400` guides every step."
+            f"`guidance_from=0&guidance_to={NUM_TRAIN_TIMESTEPS}` guides every step."
         ),
         examples=[55],
     )
     guidance_to: int | None = Field(
         None,
         ge=0,
-        le=T_STEPS,
+        le=NUM_TRAIN_TIMESTEPS,
         description="The end of the guidance interval, at least `guidance_from`: see `guidance_from`.",
         examples=[370],
     )
@@ -209,49 +188,6 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class ModelInfo(BaseModel):
-    role: str = Field(
-        description="What the model serves: `faces:A`, `faces:B`, `digits`, `classify:svhn`, `classify:usps`."
-    )
-    name: str = Field(description="The checkpoint's name.")
-    warm: bool = Field(
-        False,
-        description="Whether its first forward pass is done (at load): until then `/readyz` does not count it.",
-    )
-    kind: str | None = Field(None, description="The model card's kind.")
-    parameters: int | None = None
-    dtype: str = Field(description="The dtype it runs in.")
-    stored_dtype: str | None = Field(None, description="The dtype its weights are stored in.")
-    device: str
-    metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card.")
-    hardware: Any = Field(None, description="What it was trained on, from the model card.")
-    num_train_timesteps: int | None = None
-    guidance_scale: float | None = Field(None, description="Default classifier-free guidance (diffusion only).")
-    sampling: dict[str, Any] | None = Field(
-        None,
-        description="The recommended sampling configuration that a digits request gets by default (diffusion only).",
-        examples=[{"sampler": "unipc", "steps": 5, "guidance_scale": 5.0, "guidance_interval": [55, 370]}],
-    )
-
-
-class MissingModel(BaseModel):
-    role: str
-    name: str = Field(description="The checkpoint's name.")
-    reason: str = Field(description="Why it is not loaded (files named relative to the worker's checkpoint folder).")
-
-
-class WorkerPublic(BaseModel):
-    worker: str = Field(description="hostname:pid of the worker process.")
-    device: str | None
-    queues: list[str] = Field(
-        default_factory=list, description="The job queues it consumes: `small` (faces, classify), `diffusion` (digits)."
-    )
-    started_at: datetime
-    heartbeat_at: datetime
-    models: list[ModelInfo]
-    missing: list[MissingModel] = Field(description="Checkpoints this worker could not load, and why.")
-
-
 class ModelsPublic(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -261,13 +197,13 @@ class ModelsPublic(BaseModel):
                         {
                             "worker": "gpu-box:4242",
                             "device": "cuda",
-                            "queues": ["small", "diffusion"],
+                            "queues": list(QUEUES),
                             "started_at": "2024-05-01T12:00:00Z",
                             "heartbeat_at": "2024-05-01T12:05:00Z",
                             "models": [
                                 {
-                                    "role": "faces:B",
-                                    "name": "dcgan-B",
+                                    "role": FACE_ROLES["B"],
+                                    "name": FACE_CHECKPOINTS["B"],
                                     "warm": True,
                                     "kind": "dcgan-generator",
                                     "parameters": 3576704,
@@ -286,7 +222,7 @@ class ModelsPublic(BaseModel):
         }
     )
 
-    workers: list[WorkerPublic] = Field(description="Every worker process that reported in the last few seconds.")
+    workers: list[WorkerRegistration] = Field(description="Every worker process that reported in the last few seconds.")
 
 
 class Health(BaseModel):

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from .common import REPO, load_average, machine
+from contract.settings import REPO
+
+from .common import load_average, machine
 from .markdown import render
 
 # Section name -> module. Every module is imported before the flags are parsed

@@ -12,8 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def percentiles(samples: Sequence[float]) -> tuple[float, float]:
     """(p50, p95), p95 by the nearest-rank method (an observed value, never interpolated)."""

@@ -38,10 +38,11 @@ from typing import Any
 
 import httpx
 
-from api.processes import RedisServer
-from api.stack import LocalStack, worker_specs
+from contract.settings import REPO
+from stack.processes import RedisServer
+from stack.services import LocalStack, worker_specs
 
-from .common import REPO, ms, percentiles, stack_env
+from .common import ms, percentiles, stack_env
 from .service import digit_pngs, usps_path
 
 KINDS = ("faces", "classify", "poll")

@@ -2,7 +2,7 @@
 
 It starts its own stack on free ports, as the service section does (a
 ``redis-server``, the small-model worker ``make run`` starts, and uvicorn as a
-separate process: ``api.stack``), warms it with a one-image request, then sends
+separate process: ``stack.services``), warms it with a one-image request, then sends
 ONE ``POST /classify/target-domain`` of ``--memory-images`` PNGs of
 ``--memory-side`` x ``--memory-side`` pixels (real USPS test digits, enlarged:
 flat areas, so they are small on the wire), and reads each process's peak
@@ -36,10 +36,11 @@ import numpy as np
 from PIL import Image
 
 from api.config import Settings
-from api.processes import RedisServer
-from api.stack import LocalStack, worker_specs
-from workers.digit_inputs import DIGIT_SIZE, digit_from_image
-from workers.protocol import QUEUE_SMALL
+from contract.digits import DIGIT_SIZE
+from contract.digits_io import digit_from_image
+from contract.queues import QUEUE_SMALL
+from stack.processes import RedisServer
+from stack.services import LocalStack, worker_specs
 
 from .common import stack_env
 from .service import finished, usps_path

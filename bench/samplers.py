@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from models.loading import DIGIT_MODEL, load_pipeline
+from contract.roles import DIGIT_CHECKPOINT
+from models.loading import load_pipeline
 from models.pipelines import DigitPipeline, count_nfe
 from models.scheduler import SamplingConfig
 
@@ -121,9 +122,9 @@ def _threads(n: int) -> Iterator[None]:
 
 def fast_path(checkpoint_dir: Path, args: argparse.Namespace) -> dict:
     """One UNet forward of a guided 10-digit step (batch 20), each change against the plain baseline."""
-    pipe, _ = load_pipeline(checkpoint_dir, DIGIT_MODEL)
+    pipe, _ = load_pipeline(checkpoint_dir, DIGIT_CHECKPOINT)
     plain = pipe.unet
-    fast, _ = load_pipeline(checkpoint_dir, DIGIT_MODEL)
+    fast, _ = load_pipeline(checkpoint_dir, DIGIT_CHECKPOINT)
     fast.use_channels_last()
     x = torch.randn(20, 3, 28, 28)
     t = torch.full((20,), 200)
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the workers do
-    pipe, card = load_pipeline(checkpoint_dir, DIGIT_MODEL)
+    pipe, card = load_pipeline(checkpoint_dir, DIGIT_CHECKPOINT)
     assert isinstance(pipe, DigitPipeline)
     table = sampler_table(pipe, card, args)
     for row in table:

@@ -1,7 +1,7 @@
 """The service section: what HTTP, Redis, the queues and the PNG files add, and throughput under concurrency.
 
 It starts its own stack on free ports (a ``redis-server``, the workers ``make run``
-starts, one per queue, and uvicorn as a separate process: ``api.stack``), then:
+starts, one per queue, and uvicorn as a separate process: ``stack.services``), then:
 
 1. **latency at one client**: sequential requests per endpoint (after a warm-up),
    p50/p95, beside the same model calls in this process (the pipelines alone,
@@ -37,11 +37,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from api.processes import RedisServer
-from api.stack import LocalStack, WorkerSpec, worker_specs
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL
+from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL
+from contract.settings import REPO
+from stack.processes import RedisServer
+from stack.services import LocalStack, WorkerSpec, worker_specs
 
-from .common import REPO, ms, percentiles, stack_env, timed
+from .common import ms, percentiles, stack_env, timed
 
 WAIT = {"wait": 120}
 Call = Callable[[int], Any]
@@ -158,17 +159,18 @@ def _local_calls(
     """Endpoint name -> (the same model call in this process, the torch threads of the worker that serves it)."""
     import torch
 
-    from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, load_pipeline
+    from contract.digits_io import digit_from_image
+    from contract.roles import DANN_CHECKPOINTS, DIGIT_CHECKPOINT, FACE_CHECKPOINTS
+    from models.loading import load_pipeline
     from models.pipelines import digits_from_uint8
     from models.scheduler import SamplingConfig
-    from workers.digit_inputs import digit_from_image
 
     torch.set_flush_denormal(True)  # as the workers do
     device = torch.device(args.device)
-    faces, _ = load_pipeline(args.checkpoint_dir, FACE_MODELS["B"], device=device)
-    digits, digit_card = load_pipeline(args.checkpoint_dir, DIGIT_MODEL, device=device)
+    faces, _ = load_pipeline(args.checkpoint_dir, FACE_CHECKPOINTS["B"], device=device)
+    digits, digit_card = load_pipeline(args.checkpoint_dir, DIGIT_CHECKPOINT, device=device)
     default = SamplingConfig.card_default(digit_card)
-    dann, _ = load_pipeline(args.checkpoint_dir, DANN_MODELS["usps"], device=device)
+    dann, _ = load_pipeline(args.checkpoint_dir, DANN_CHECKPOINTS["usps"], device=device)
 
     def gen(i: int) -> torch.Generator:
         return torch.Generator(device).manual_seed(i + 1 if i >= 0 else 10_000 - i)
@@ -290,15 +292,16 @@ def batching_ceiling(args: argparse.Namespace, specs: dict[str, WorkerSpec], png
     """
     import torch
 
-    from models.loading import DANN_MODELS, FACE_MODELS, load_pipeline
+    from contract.digits_io import digit_from_image
+    from contract.roles import DANN_CHECKPOINTS, FACE_CHECKPOINTS
+    from models.loading import load_pipeline
     from models.pipelines import digits_from_uint8
-    from workers.digit_inputs import digit_from_image
 
     device = torch.device(args.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(specs[QUEUE_SMALL].torch_threads or threads)
-    faces, _ = load_pipeline(args.checkpoint_dir, FACE_MODELS["B"], device=device)
-    dann, _ = load_pipeline(args.checkpoint_dir, DANN_MODELS["usps"], device=device)
+    faces, _ = load_pipeline(args.checkpoint_dir, FACE_CHECKPOINTS["B"], device=device)
+    dann, _ = load_pipeline(args.checkpoint_dir, DANN_CHECKPOINTS["usps"], device=device)
     digits = digits_from_uint8(np.stack([digit_from_image(Image.open(io.BytesIO(data))) for data in pngs])).to(device)
     batch = args.ceiling_batch
     calls = {

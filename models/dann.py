@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from contract.digits import DIGIT_SIZE
+
 
 class GradientReversal(torch.autograd.Function):
     @staticmethod
@@ -36,7 +38,7 @@ def reversal_coefficient(progress: float, gamma: float = 10.0) -> float:
 @dataclass(frozen=True)
 class DANNConfig:
     num_classes: int = 10
-    image_size: int = 28
+    image_size: int = DIGIT_SIZE
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,10 +13,7 @@ from .scheduler import NoiseSchedule, NoiseScheduleConfig
 
 Pipeline = Union[FacePipeline, DigitPipeline, DannClassifier]
 
-# The served checkpoints, by the name their files carry in the checkpoint folder.
-FACE_MODELS = {"A": "dcgan-A", "B": "dcgan-B"}
-DIGIT_MODEL = "ddpm-digits"
-DANN_MODELS = {"svhn": "dann-svhn", "usps": "dann-usps"}
+# The project classifier that evaluation commands score digits with (never served).
 EVAL_CLASSIFIER = "digit-classifier"
 
 

@@ -238,7 +238,7 @@ def digits_from_uint8(digits: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) digits -> (N, 3, H, W) float in [0, 1], the input ``DannClassifier`` takes.
 
     Decoding and resizing happen before, in one torch-free place the API and the
-    workers share (``workers.digit_inputs``); this is only layout and scale.
+    workers share (``contract.digits_io``); this is only layout and scale.
     """
     if digits.dtype != np.uint8 or digits.ndim != 4 or digits.shape[-1] != 3:
         raise ValueError(f"digits must be uint8 (N, H, W, 3), got {digits.dtype} {digits.shape}")

@@ -9,7 +9,7 @@ config, so training (``add_noise``) and sampling (``step``) agree on every const
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,17 +17,18 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
+from contract.digits import NUM_TRAIN_TIMESTEPS, SAMPLERS
+
 from .unet import NULL_LABEL
 
-SamplerName = Literal["ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc"]
-SAMPLERS: tuple[str, ...] = get_args(SamplerName)
+SamplerName = Literal[SAMPLERS]  # type: ignore[valid-type]
 # Samplers that draw fresh noise at each step (and so take the seed's generator in ``step``).
 STOCHASTIC_SAMPLERS = frozenset({"ddpm", "dpmpp-2m-sde"})
 
 
 @dataclass(frozen=True)
 class NoiseScheduleConfig:
-    num_train_timesteps: int = 400
+    num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear"

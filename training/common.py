@@ -17,7 +17,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from torchvision.utils import save_image
 
-REPO = Path(__file__).resolve().parents[1]
+from contract.settings import REPO
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float | None) -> None:

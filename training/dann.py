@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from ema_pytorch import EMA
 
+from contract.roles import DANN_CHECKPOINTS
 from models.dann import DANN, reversal_coefficient
 from models.pipelines import normalize_digits
 
@@ -143,7 +144,7 @@ def warm_up(progress: float) -> float:
 def run_name(args: argparse.Namespace) -> str:
     """dann-svhn (the served method), dann-svhn-source-only, dann-svhn-plain, dann-svhn-vada, ..."""
     suffix = {SERVED_METHOD: "", "dann_plain": "-plain"}.get(args.method, "-" + args.method.replace("_", "-"))
-    return args.name or f"dann-{args.target}{suffix}"
+    return args.name or DANN_CHECKPOINTS[args.target] + suffix
 
 
 class DANNTask(Task):

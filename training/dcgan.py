@@ -10,6 +10,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from contract.roles import FACE_CHECKPOINTS
 from models.checkpoints import save_model
 from models.dcgan import DCGANConfig, Discriminator, Generator, weights_init
 
@@ -90,5 +91,5 @@ class DCGANTask(Task):
 
 
 def train(args: argparse.Namespace) -> dict:
-    trainer = Trainer(args, args.name or f"dcgan-{args.variant}")
+    trainer = Trainer(args, args.name or FACE_CHECKPOINTS[args.variant])
     return trainer.fit(DCGANTask(args, trainer))

@@ -37,6 +37,7 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 from ema_pytorch import EMA
 from tqdm import tqdm
 
+from contract.roles import DIGIT_CHECKPOINT
 from models.checkpoints import load_model, read_card
 from models.pipelines import DigitPipeline
 from models.scheduler import NoiseSchedule, NoiseScheduleConfig, SamplingConfig
@@ -48,7 +49,7 @@ from .lineage import lineage_of, resolve_checkpoint, run_entry, totals
 from .timing import StepProfiler
 from .trainer import Task, Trainer
 
-DEFAULT_NAME = "ddpm-digits"
+DEFAULT_NAME = DIGIT_CHECKPOINT
 DEFAULT_SAMPLING = {"guidance_scale": 2.0, "few_step_sampler": "ddim", "few_step_steps": 25}
 
 

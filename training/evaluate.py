@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract.roles import DANN_CHECKPOINTS, FACE_CHECKPOINTS
 from models.checkpoints import (
     list_cards,
     load_model,
@@ -27,7 +28,7 @@ from models.checkpoints import (
     update_metrics,
     write_card,
 )
-from models.loading import DANN_MODELS, FACE_MODELS, load_pipeline
+from models.loading import load_pipeline
 from models.pipelines import DannClassifier, FacePipeline
 
 from .common import command_line
@@ -87,7 +88,7 @@ def evaluate_faces(args: argparse.Namespace) -> dict:
     real_rate, real_msssim = hog_one_face_rate(real, args.workers), face_diversity(real, args.seed)
     print(f"real CelebA face/val ({len(real)} images): exactly-one-face {real_rate:.4f}; MS-SSIM {real_msssim:.4f}")
     results: dict = {"faces_real_val_hog": round(real_rate, 4), "faces_real_msssim": round(real_msssim, 4)}
-    for variant, name in FACE_MODELS.items():
+    for variant, name in FACE_CHECKPOINTS.items():
         pipe, _ = load_pipeline(args.checkpoint_dir, name, device=device)
         assert isinstance(pipe, FacePipeline)
         images = generate_faces(pipe, args.n, args.seed)
@@ -125,7 +126,7 @@ def select_face_snapshot(args: argparse.Namespace) -> dict:
     checkpoint with the chosen weights; its card records the candidates.
     """
     device = device_of(args.device)
-    name = FACE_MODELS[args.variant]
+    name = FACE_CHECKPOINTS[args.variant]
     snapshots = Path(args.run) / "snapshots"
     candidates = sorted(p.stem for p in snapshots.glob("epoch_*.json"))
     if not candidates:
@@ -169,7 +170,7 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
     device = device_of(args.device)
     available = list_cards(args.checkpoint_dir)
     results: dict = {}
-    for target in DANN_MODELS:
+    for target in DANN_CHECKPOINTS:
         splits = {part: load_target(args.data, target, part) for part in ("val", "test")}
         for row, name in dann_table_names(target).items():
             if name not in available:
@@ -185,7 +186,7 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
                 "splits": f"training.data.splits (test: the layout's val.csv; val: {VAL_SIZE:,} drawn from its train.csv)",
             })
             record_evaluation(args.checkpoint_dir, name, "dann", args.command)
-            if name == DANN_MODELS[target]:  # the served model
+            if name == DANN_CHECKPOINTS[target]:  # the served model
                 results.update({f"dann_{target}_test": round(acc["test"], 4), f"dann_{target}_val": round(acc["val"], 4)})
             else:
                 results[f"dann_{target}_{row}"] = round(acc["test"], 4)
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/eval_digits"), help="where generated digits are saved as <digit>_<NNN>.png (and the sweep's rows)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the face detector")
     parser.add_argument("--run", type=Path, default=None, help="faces-snapshots: the DCGAN run folder (holds snapshots/)")
-    parser.add_argument("--variant", choices=sorted(FACE_MODELS), default=None, help="faces-snapshots: which DCGAN")
+    parser.add_argument("--variant", choices=sorted(FACE_CHECKPOINTS), default=None, help="faces-snapshots: which DCGAN")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     args.command = command_line(None if argv is None else ["evaluate", *argv], module="training.evaluate")

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from contract.roles import DIGIT_CHECKPOINT
 from models.checkpoints import load_model, read_card, update_metrics, write_card
-from models.loading import DIGIT_MODEL, EVAL_CLASSIFIER, load_pipeline
+from models.loading import EVAL_CLASSIFIER, load_pipeline
 from models.pipelines import DigitPipeline
 from models.scheduler import SamplingConfig
 
@@ -131,7 +132,7 @@ def select_default(rows: list[dict], real: float) -> dict:
 
 def _load(args: argparse.Namespace) -> tuple[DigitPipeline, dict, torch.nn.Module]:
     device = device_of(args.device)
-    pipe, card = load_pipeline(args.checkpoint_dir, DIGIT_MODEL, device=device)
+    pipe, card = load_pipeline(args.checkpoint_dir, DIGIT_CHECKPOINT, device=device)
     assert isinstance(pipe, DigitPipeline)
     clf, _ = load_model(args.checkpoint_dir, EVAL_CLASSIFIER, device=device)
     return pipe, card, clf
@@ -166,7 +167,7 @@ def sweep(args: argparse.Namespace) -> dict:
         print(f"{label:28s} NFE {row['nfe']:3d}  accuracy {row['accuracy']:.3f}  MS-SSIM {row['msssim']:.3f}  "
               f"{row['s_per_image']:.3f} s/image")
     table = {"seed": args.seed, "images_per_digit": args.sweep_per_digit, "real_msssim": real, "rows": rows}
-    card = read_card(args.checkpoint_dir, DIGIT_MODEL)
+    card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)
     sampling = card.setdefault("sampling", {})
     sampling.setdefault("sweep", {})[f"seed_{args.seed}"] = table
     if args.select:
@@ -177,14 +178,14 @@ def sweep(args: argparse.Namespace) -> dict:
         sampling["selection"] = {"rule": SELECTION_RULE, "tuning_seed": args.seed, "images_per_digit": args.sweep_per_digit,
                                  "chosen": best["label"], "accuracy": best["accuracy"], "msssim": best["msssim"], "real_msssim": real}
         print(f"default: {best['label']} (accuracy {best['accuracy']:.3f}, MS-SSIM {best['msssim']:.3f}, NFE {best['nfe']})")
-    write_card(args.checkpoint_dir, DIGIT_MODEL, card)
+    write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card)
     return table
 
 
 def _confirmation_rows(args: argparse.Namespace) -> set[str]:
     """``--top N`` on the report seed: the tuning seed's N most accurate rows within the NFE budget,
     the served default and the reference row (GRID's first), so a shorter run still checks the choice."""
-    sampling = read_card(args.checkpoint_dir, DIGIT_MODEL).get("sampling", {})
+    sampling = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT).get("sampling", {})
     tuning = sampling.get("sweep", {}).get(f"seed_{TUNING_SEED}")
     if tuning is None:
         raise SystemExit(f"--top needs the tuning seed's sweep first: digits-sweep --seed {TUNING_SEED} --select")
@@ -222,8 +223,8 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
         print(f"real MNIST-M val: per-label MS-SSIM {real:.4f}")
         results["digits_real_msssim"] = real
         card_metrics["real_msssim"] = real
-    card = read_card(args.checkpoint_dir, DIGIT_MODEL)
+    card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)
     metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS} | card_metrics
-    write_card(args.checkpoint_dir, DIGIT_MODEL, card | {"metrics": metrics})
-    record_evaluation(args.checkpoint_dir, DIGIT_MODEL, "digits", args.command)
+    write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card | {"metrics": metrics})
+    record_evaluation(args.checkpoint_dir, DIGIT_CHECKPOINT, "digits", args.command)
     return write_metrics(args.checkpoint_dir, results, drop=tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS))

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract.digits import FRAME_TIMESTEPS
+from contract.roles import DANN_CHECKPOINTS, DIGIT_CHECKPOINT, FACE_CHECKPOINTS
 from models.checkpoints import list_cards
-from models.loading import DANN_MODELS, DIGIT_MODEL, FACE_MODELS, load_pipeline
+from models.loading import load_pipeline
 from models.pipelines import normalize_digits
 from models.scheduler import SAMPLERS, SamplingConfig
 
@@ -34,20 +36,19 @@ from .data.splits import VAL_SIZE, load_target
 from .eval_common import device_of
 from .evaluate_digits import config_label
 
-FRAME_TIMESTEPS = (400, 320, 240, 160, 80, 0)
 PARTS = ("faces", "digits", "tsne", "tables")
 DIGITS_CAPTION = "digits_grid.txt"
 
 
 def faces(checkpoint_dir: Path, out: Path, device: torch.device, seed: int) -> None:
-    for variant, name in FACE_MODELS.items():
+    for variant, name in FACE_CHECKPOINTS.items():
         pipe, _ = load_pipeline(checkpoint_dir, name, device=device)
         save_grid(pipe(32, generator=torch.Generator(device).manual_seed(seed)).images, out / f"faces_{variant}.png", nrow=8)
 
 
 def digits(checkpoint_dir: Path, out: Path, device: torch.device, seed: int, sampler: str) -> str:
     """The 10x10 grid and the reverse process; ``sampler`` "default" is the served configuration."""
-    pipe, card = load_pipeline(checkpoint_dir, DIGIT_MODEL, device=device)
+    pipe, card = load_pipeline(checkpoint_dir, DIGIT_CHECKPOINT, device=device)
     default = SamplingConfig.card_default(card)
     config = default if sampler == "default" else default.override(sampler=sampler)
     labels = torch.arange(10).repeat_interleave(10)
@@ -74,7 +75,7 @@ def tsne_maps(checkpoint_dir: Path, data: Path, out: Path, device: torch.device,
     from sklearn.manifold import TSNE
 
     src_x, src_y = load_digits(data, "mnistm", "val", limit=per_domain)
-    for target, name in DANN_MODELS.items():
+    for target, name in DANN_CHECKPOINTS.items():
         clf, _ = load_pipeline(checkpoint_dir, name, device=device)
         tgt_x, tgt_y = (t[:per_domain] for t in load_target(data, target, "test"))
         x = torch.cat([src_x, tgt_x]).float().div(255).to(device)
@@ -141,7 +142,7 @@ def _num(value: float | None) -> str:
 
 def _face_sample(cards: dict, name: str | None = None) -> str:
     """How many faces of which seed a face row was measured on (from the cards the evaluation wrote)."""
-    names = [name] if name else [n for n in FACE_MODELS.values()]
+    names = [name] if name else [n for n in FACE_CHECKPOINTS.values()]
     metrics = next((cards.get(n, {}).get("metrics", {}) for n in names if cards.get(n, {}).get("metrics")), {})
     if "hog_images" not in metrics:
         return "-"
@@ -190,9 +191,9 @@ def dann_lines(metrics: dict, cards: dict, out: Path) -> list[str]:
                        "The seed report's figures were measured on the course's own hw2_data val folders, other images "
                        "than these splits: a reference, not a like-for-like comparison.")]
     lines += ["", "The shipped checkpoints on the test split (`python -m training.evaluate dann`):", "",
-              "| checkpoint | " + " | ".join(f"MNIST-M -> {t.upper()}" for t in DANN_MODELS) + " |", "|---|" + "---|" * len(DANN_MODELS)]
+              "| checkpoint | " + " | ".join(f"MNIST-M -> {t.upper()}" for t in DANN_CHECKPOINTS) + " |", "|---|" + "---|" * len(DANN_CHECKPOINTS)]
     for method in TABLE_METHODS:
-        keys = [f"dann_{t}_test" if method == SERVED_METHOD else f"dann_{t}_{method}" for t in DANN_MODELS]
+        keys = [f"dann_{t}_test" if method == SERVED_METHOD else f"dann_{t}_{method}" for t in DANN_CHECKPOINTS]
         lines.append(f"| {METHODS[method].summary} | " + " | ".join(_pct(metrics.get(k)) for k in keys) + " |")
     return lines + [""]
 
@@ -201,7 +202,7 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
     metrics_path = checkpoint_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     cards = list_cards(checkpoint_dir)
-    digit_metrics = cards.get(DIGIT_MODEL, {}).get("metrics", {})
+    digit_metrics = cards.get(DIGIT_CHECKPOINT, {}).get("metrics", {})
     lines = [
         "# Report: DLCV 2022 HW2, regenerated from the shipped checkpoints",
         "",
@@ -220,7 +221,7 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
         (f"| real CelebA face/val | {_pct(metrics.get('faces_real_val_hog'))} | {_num(metrics.get('faces_real_msssim'))} | "
          f"{_face_sample(cards)} | - |"),
     ]
-    for variant, name in FACE_MODELS.items():
+    for variant, name in FACE_CHECKPOINTS.items():
         hw = cards.get(name, {}).get("training", {})
         trained = f"{hw.get('hardware', '?')}, {hw.get('wall_time_s', '?')} s, {hw.get('epochs_completed', '?')} epochs"
         if "selected_snapshot" in hw:
@@ -248,13 +249,13 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
         "",
         (f"Diversity, per-label mean pairwise MS-SSIM (lower is more varied): served default {_pct(metrics.get('digits_fewstep_msssim'))}, "
          f"real MNIST-M val {_pct(metrics.get('digits_real_msssim'))}."),
-        *sampler_sweep_lines(cards.get(DIGIT_MODEL, {})),
+        *sampler_sweep_lines(cards.get(DIGIT_CHECKPOINT, {})),
         "",
         "## Problem 3: DANN",
         "",
         *dann_lines(metrics, cards, out),
     ]
-    for target in DANN_MODELS:
+    for target in DANN_CHECKPOINTS:
         lines += [f"t-SNE of DANN features, MNIST-M -> {target.upper()}: by class ![](tsne_{target}_by_class.png) by domain ![](tsne_{target}_by_domain.png)", ""]
     lines += ["## Checkpoints", "", "| name | kind | parameters | hardware | wall time (s) | steps |", "|---|---|---|---|---|---|"]
     for name, card in cards.items():

@@ -4,19 +4,19 @@ Models are loaded in ``worker_process_init`` (see ``workers.registry``), i.e. in
 each pool child after the fork, so the forking parent never touches CUDA and the
 prefork pool is CUDA-safe.
 
-Queues: tasks are routed by ``workers.protocol.task_routes()``, the same table
-the API publishes with. Without ``-Q`` a worker consumes ``WORKER_QUEUES``; with
+Queues: tasks are routed by ``contract.queues.task_routes()`` (in ``contract.broker.base_config``),
+the same table the API publishes with. Without ``-Q`` a worker consumes ``WORKER_QUEUES``; with
 ``-Q`` it consumes those, and either way it loads only the models of the queues
 it really consumes (``workers.registry``).
 
 Stopping: a job must never wait out the Redis visibility timeout (above the hard
 time limit, so ~20 minutes) because its worker was stopped. Celery's plain warm
 shutdown (SIGTERM) waits for running jobs without bound, and whoever stops the
-worker (``api.launcher``, ``docker stop``) sends SIGKILL after a while, which
+worker (``python -m stack``, ``docker stop``) sends SIGKILL after a while, which
 strands the job's message in kombu's unacked hash until that timeout. So:
 
 - the diffusion worker (prefork, jobs of minutes) runs with ``REMAP_SIGTERM=SIGQUIT``
-  (``api.stack.WorkerSpec.env``, ``docker-compose.yml``): SIGTERM starts Celery's
+  (``stack.services.WorkerSpec.env``, ``docker-compose.yml``): SIGTERM starts Celery's
   *soft shutdown*, which lets the running job finish for up to ``SHUTDOWN_GRACE_S``
   and then cancels it; with ``acks_late`` its message goes straight back on its
   queue, and ``workers.tasks`` does not count such a run against ``MAX_DELIVERIES``;
@@ -25,27 +25,23 @@ strands the job's message in kombu's unacked hash until that timeout. So:
   it holds but has not started are put back on the queue when its connection closes.
 
 Whoever stops a worker waits ``SHUTDOWN_GRACE_S`` plus a margin before SIGKILL
-(``api.stack.LocalStack.stop``, compose's ``stop_grace_period``).
+(``stack.services.LocalStack.stop``, compose's ``stop_grace_period``).
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
+
+from contract.broker import base_config, consumed_queues
 
 from .config import get_settings
-from .protocol import task_routes
 
 settings = get_settings()
 
 app = Celery("workers", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"])
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_routes=task_routes(),
-    # Each queue on its own direct exchange, as the API's Celery declares a routed queue.
-    task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in settings.queues],
+    **base_config(),
+    task_queues=consumed_queues(settings.queues),
     # Ack after the task returns, one message at a time: a worker that dies
     # mid-job does not swallow the jobs queued behind it.
     task_acks_late=True,

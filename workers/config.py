@@ -1,36 +1,20 @@
-"""Worker settings, read from the same environment variables as the API's."""
+"""Worker settings: the shared ones (``contract.settings``) and what only a worker reads."""
 
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .protocol import QUEUES, parse_queues
-from .webhook_policy import secret_key
-
-REPO = Path(__file__).resolve().parents[1]
+from contract.queues import QUEUES, parse_queues
+from contract.settings import ServiceSettings
+from contract.webhooks import secret_key
 
 
-def comma_list(value: Any) -> Any:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``: how a list setting is written in an environment variable."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
-
-    redis_url: str = Field("redis://localhost:6379/0", description="Broker and result backend.")
-    checkpoint_dir: Path = Field(REPO / "checkpoints", description="Model cards and safetensors weights.")
-    results_dir: Path = Field(REPO / "var" / "results", description="Result images, shared with the API.")
+class WorkerSettings(ServiceSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker process.")
-    job_ttl_seconds: int = Field(86_400, ge=60, description="How long results and their files are kept.")
     task_soft_time_limit: int = Field(900, ge=1, description="Seconds before a job is asked to stop.")
     task_time_limit: int = Field(960, ge=1, description="Seconds before a job's process is killed.")
     max_deliveries: int = Field(
@@ -56,9 +40,6 @@ class WorkerSettings(BaseSettings):
     )
     batch_max_faces: int = Field(64, ge=1, description="Faces per batched forward pass of a DCGAN.")
     batch_max_classify: int = Field(256, ge=1, description="Images per batched forward pass of a DANN.")
-    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Hosts a webhook may call (the API's setting of the same name)."
-    )
     webhook_secret: SecretStr | None = Field(
         None,
         description="The Standard Webhooks signing secret, `whsec_` and base64 of 24-64 random bytes. Unset: "
@@ -71,8 +52,6 @@ class WorkerSettings(BaseSettings):
     webhook_backoff_s: int = Field(
         2, ge=1, description="First retry delay of a webhook; it doubles per attempt (with jitter), up to 10 minutes."
     )
-
-    _comma_separated = field_validator("webhook_allowed_hosts", mode="before")(comma_list)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -23,7 +23,8 @@ from typing import Any
 import redis
 import torch
 
-from .protocol import cancel_key, events_channel, events_log_key
+from contract.keys import cancel_key, events_channel, events_log_key
+
 from .storage import to_pil
 
 

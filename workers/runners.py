@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from contract.digits import ANIMATION_MAX_FRAMES, FRAME_TIMESTEPS, NUM_TRAIN_TIMESTEPS
+from contract.files import ANIMATION_NAME, FRAMES_STRIP_NAME, GRID_NAME, frame_name
+from contract.jobs import JobKind
 from models.pipelines import (
     DannClassifier,
     FacePipeline,
@@ -23,14 +26,6 @@ from models.pipelines import (
 from models.scheduler import SamplingConfig
 
 from .batching import Batched, MicroBatcher
-from .protocol import (
-    ANIMATION_MAX_FRAMES,
-    ANIMATION_NAME,
-    FRAME_TIMESTEPS,
-    FRAMES_STRIP_NAME,
-    GRID_NAME,
-    frame_name,
-)
 from .registry import LoadedModel
 from .storage import JobFiles
 
@@ -102,7 +97,7 @@ def generate_faces(
     else:
         files.save_grid(GRID_NAME, images, nrow=FACES_PER_ROW)
     return {
-        "kind": "faces",
+        "kind": JobKind.faces,
         "model": variant,
         "checkpoint": model.name,
         "n": n,
@@ -174,13 +169,13 @@ def generate_digits(
     if animation:
         files.save_animation(ANIMATION_NAME, [image for _, image in spread(out.trajectory, ANIMATION_MAX_FRAMES)])
     return {
-        "kind": "digits",
+        "kind": JobKind.digits,
         "checkpoint": model.name,
         "labels": list(labels),
         "n": n,
         "seed": seed,
         "sampler": config.sampler,
-        "steps": config.steps or model.card.get("schedule", {}).get("num_train_timesteps", 400),
+        "steps": config.steps or model.card.get("schedule", {}).get("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
         "guidance": config.guidance_scale,
         "guidance_interval": list(config.guidance_interval) if config.guidance_interval else None,
         "nfe": out.nfe,
@@ -217,7 +212,7 @@ def classify_digits(
     pass may be shared with other requests' images (each image is classified on its own).
 
     ``inputs`` names the file of the job's 28x28 digits that the API decoded from
-    the uploads (``workers.digit_inputs``), one per name, in order. ``max_batch``
+    the uploads (``contract.digits_io``), one per name, in order. ``max_batch``
     bounds the images gathered from several requests, ``chunk`` the images per
     forward pass (a large request is split, batched or not)."""
     pipeline: DannClassifier = model.pipeline  # type: ignore[assignment]
@@ -239,7 +234,7 @@ def classify_digits(
         for name, label, row in zip(names, probs.argmax(dim=1).tolist(), probs.tolist(), strict=True)
     ]
     return {
-        "kind": "classify",
+        "kind": JobKind.classify,
         "target": target,
         "checkpoint": model.name,
         "predictions": predictions,

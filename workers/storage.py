@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from .digit_inputs import load_digits
-from .protocol import INPUTS_DIR, JOB_ID_RE
-from .retention import prune_expired  # noqa: F401  (the registry prunes through this module)
+from contract.digits_io import load_digits
+from contract.files import INPUTS_DIR, JOB_ID_RE
 
 # zlib level 1: a 32-face grid encodes in ~16 ms instead of ~19 ms at level 3
 # (~29 ms at 6) for files 0.5% larger; a single 64x64 face costs ~0.4 ms at any level.

@@ -14,21 +14,15 @@ from typing import Any
 import redis
 from celery import Task, states
 
-from . import live, metrics, runners, webhooks
+from contract import task_metrics
+from contract.keys import cancel_key, deliveries_key, job_key
+from contract.queues import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
+from contract.roles import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, SERVED
+
+from . import live, runners, webhooks
 from .celery_app import app
 from .config import get_settings
-from .protocol import (
-    CLASSIFY_ROLES,
-    DIGIT_ROLE,
-    FACE_ROLES,
-    TASK_CLASSIFY,
-    TASK_DIGITS,
-    TASK_FACES,
-    cancel_key,
-    deliveries_key,
-    job_key,
-)
-from .registry import SERVED, batch_limit, get_batcher, get_registry
+from .lifecycle import batch_limit, get_batcher, get_registry
 from .storage import JobFiles
 
 log = logging.getLogger(__name__)
@@ -66,7 +60,7 @@ def task_label(task: str) -> str:
 
 class JobTask(Task):
     """Counts the runs of each job, so a job that kills its worker process stops coming back,
-    and records each run's outcome and runtime (``workers.metrics``).
+    and records each run's outcome and runtime (``contract.task_metrics``).
 
     With ``acks_late`` and ``task_reject_on_worker_lost`` a job whose process dies is
     put back on its queue and runs again (it rewrites the same files: the seed is in
@@ -94,7 +88,7 @@ class JobTask(Task):
         runs, _, canceled, record = pipe.execute()
         self.request.webhook = webhooks.webhook_in(record)
         started = time.perf_counter()
-        state: metrics.State | None = "failed"
+        state: task_metrics.State | None = "failed"
         try:
             if canceled:
                 raise live.JobCanceled(live.CANCELED_BEFORE_START)
@@ -137,9 +131,9 @@ class JobTask(Task):
         except Exception as err:  # noqa: BLE001 - the job's outcome stands; a lost notice is logged, not a failed job
             log.warning("could not queue the webhook of %s: %s", task_id, err)
 
-    def _record(self, job_id: str, kwargs: dict[str, Any], state: metrics.State, seconds: float) -> None:
+    def _record(self, job_id: str, kwargs: dict[str, Any], state: task_metrics.State, seconds: float) -> None:
         try:
-            metrics.record(self.client(), task_label(self.name), model_label(self.name, kwargs), state, seconds)
+            task_metrics.record(self.client(), task_label(self.name), model_label(self.name, kwargs), state, seconds)
         except redis.RedisError as err:  # the job's own outcome matters more than its metrics
             log.warning("could not record metrics of %s: %s", job_id, err)
 

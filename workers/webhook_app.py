@@ -12,21 +12,19 @@ from typing import Any
 
 import redis
 from celery import Celery, Task
-from kombu import Exchange, Queue
+
+from contract.broker import base_config, consumed_queues
+from contract.queues import QUEUE_WEBHOOKS, TASK_WEBHOOK
 
 from . import webhooks
 from .config import get_settings
-from .protocol import QUEUE_WEBHOOKS, TASK_WEBHOOK, task_routes
 
 settings = get_settings()
 
-app = Celery("webhooks", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
+app = Celery("webhook_worker", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    task_routes=task_routes(),
-    task_queues=[Queue(QUEUE_WEBHOOKS, Exchange(QUEUE_WEBHOOKS, type="direct"), routing_key=QUEUE_WEBHOOKS)],
+    **base_config(),
+    task_queues=consumed_queues([QUEUE_WEBHOOKS]),
     # A delivery in flight when its worker dies is sent again: receivers dedupe by `webhook-id`.
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -8,7 +8,7 @@ Two halves, both torch-free:
   on the ``webhooks`` queue. The model worker never waits for a receiver;
 - ``deliver`` runs in the webhook worker (``workers.webhook_app``, a light process
   of its own that loads no model): it reads the job record and its Celery state,
-  builds the job exactly as ``GET /jobs/{id}`` shows it (``workers.public``), and
+  builds the job exactly as ``GET /jobs/{id}`` shows it (``contract.jobs``), and
   POSTs it. A failed attempt (no connection, a timeout, a 408, 429 or 5xx) is
   retried by Celery (``autoretry_for``) with exponential back-off and jitter,
   ``WEBHOOK_MAX_ATTEMPTS`` attempts in all; a refusal that a retry cannot fix (the
@@ -30,10 +30,12 @@ import httpx
 import redis
 from celery import Celery, Task
 
+from contract.jobs import JobRecord, state_from_meta, to_public
+from contract.keys import job_key
+from contract.queues import TASK_WEBHOOK
+from contract.webhooks import resolve_for_delivery, secret_key, signed_headers
+
 from .config import WorkerSettings
-from .protocol import TASK_WEBHOOK, job_key
-from .public import JobRecord, state_from_meta, to_public
-from .webhook_policy import resolve_for_delivery, secret_key, signed_headers
 
 log = logging.getLogger(__name__)
 

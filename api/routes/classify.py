@@ -8,24 +8,18 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from workers.protocol import CLASSIFY_ROLES, TASK_CLASSIFY
-
-from ..body_params import check_webhook, only_files
-from ..deps import (
-    IdempotencyKeyDep,
-    JobsDep,
-    RepresentationDep,
-    SettingsDep,
-    WorkersDep,
-    wait_seconds,
-)
-from ..errors import TooLarge
-from ..idempotency import Idempotency, digest
-from ..jobs import job_response, new_job_id
-from ..query_checks import strict_query
-from ..schemas import CLASSIFY_DONE_EXAMPLE, ClassifyQuery, JobKind, JobPublic
-from ..uploads import check_image, clean_name, decode_slot, store_inputs
-from .common import error_responses, job_responses
+from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from api.errors import TooLarge
+from api.parsing.params import check_webhook, only_files
+from api.parsing.query_rules import strict_query
+from api.parsing.uploads import check_image, clean_name, decode_slot, store_inputs
+from api.routes.common import error_responses, job_responses
+from api.schemas import ClassifyQuery
+from api.service.idempotency import Idempotency, digest
+from api.service.job_service import job_response, new_job_id
+from contract.jobs import CLASSIFY_DONE_EXAMPLE, JobKind, JobPublic
+from contract.queues import TASK_CLASSIFY
+from contract.roles import CLASSIFY_ROLES
 
 router = APIRouter(prefix="/classify", tags=["classify"], dependencies=[Depends(strict_query)])
 

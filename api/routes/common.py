@@ -5,7 +5,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ..schemas import JOB_QUEUED_EXAMPLE, ErrorBody, JobPublic
+from api.schemas import ErrorBody
+from contract.jobs import JOB_QUEUED_EXAMPLE, JobPublic
 
 _ERRORS: dict[int, tuple[str, str]] = {
     401: (

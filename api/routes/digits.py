@@ -6,23 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from workers.protocol import DIGIT_ROLE, TASK_DIGITS
-
-from ..body_params import json_body_doc, parameters
-from ..deps import (
-    IdempotencyKeyDep,
-    JobsDep,
-    RepresentationDep,
-    SettingsDep,
-    WorkersDep,
-    wait_seconds,
-)
-from ..errors import InvalidParameter
-from ..idempotency import Idempotency
-from ..jobs import job_response
-from ..query_checks import strict_query
-from ..schemas import DIGITS_DONE_EXAMPLE, T_STEPS, DigitsQuery, JobKind, JobPublic
-from .common import draw_seed, error_responses, job_responses
+from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from api.errors import InvalidParameter
+from api.parsing.params import json_body_doc, parameters
+from api.parsing.query_rules import strict_query
+from api.routes.common import draw_seed, error_responses, job_responses
+from api.schemas import DigitsQuery
+from api.service.idempotency import Idempotency
+from api.service.job_service import job_response
+from contract.digits import NUM_TRAIN_TIMESTEPS
+from contract.jobs import DIGITS_DONE_EXAMPLE, JobKind, JobPublic
+from contract.queues import TASK_DIGITS
+from contract.roles import DIGIT_ROLE
 
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Depends(strict_query)])
 
@@ -68,7 +63,7 @@ async def generate_digits(
         )
     model = await workers.require(DIGIT_ROLE)
     # No worker live yet (the job may queue for one): the shipped model's timesteps, as the schema says.
-    timesteps = (model.num_train_timesteps if model is not None else None) or T_STEPS
+    timesteps = (model.num_train_timesteps if model is not None else None) or NUM_TRAIN_TIMESTEPS
     if (query.steps or 0) > timesteps:
         raise InvalidParameter(
             f"steps={query.steps} is more than the model's {timesteps} diffusion timesteps: use at most {timesteps}"

@@ -6,22 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from workers.protocol import FACE_ROLES, TASK_FACES
-
-from ..body_params import json_body_doc, parameters
-from ..deps import (
-    IdempotencyKeyDep,
-    JobsDep,
-    RepresentationDep,
-    SettingsDep,
-    WorkersDep,
-    wait_seconds,
-)
-from ..idempotency import Idempotency
-from ..jobs import job_response
-from ..query_checks import strict_query
-from ..schemas import FACES_DONE_EXAMPLE, FacesQuery, JobKind, JobPublic
-from .common import draw_seed, error_responses, job_responses
+from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from api.parsing.params import json_body_doc, parameters
+from api.parsing.query_rules import strict_query
+from api.routes.common import draw_seed, error_responses, job_responses
+from api.schemas import FacesQuery
+from api.service.idempotency import Idempotency
+from api.service.job_service import job_response
+from contract.jobs import FACES_DONE_EXAMPLE, JobKind, JobPublic
+from contract.queues import TASK_FACES
+from contract.roles import FACE_ROLES
 
 router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Depends(strict_query)])
 

@@ -6,16 +6,15 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from workers.protocol import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES
-
-from ..deps import RedisDep, WorkersDep
-from ..schemas import Health, Readiness, ReadyCheck, WorkerPublic
+from api.deps import RedisDep, WorkersDep
+from api.schemas import Health, Readiness, ReadyCheck
+from contract.registration import WorkerRegistration
+from contract.roles import SERVED_ROLES
 
 router = APIRouter(tags=["operations"])
-# Apart from ``router`` because it stays open when API keys are on (api.security).
+# Apart from ``router`` because it stays open when API keys are on (api.access.keys).
 liveness = APIRouter(tags=["operations"])
 
-SERVED_ROLES = (*FACE_ROLES.values(), DIGIT_ROLE, *CLASSIFY_ROLES.values())
 
 
 @liveness.get(
@@ -63,7 +62,7 @@ async def readyz(redis: RedisDep, workers: WorkersDep) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
 
 
-def models_check(live: list[WorkerPublic]) -> ReadyCheck:
+def models_check(live: list[WorkerRegistration]) -> ReadyCheck:
     """Every served model loaded and warm on some live worker; else which are not, and why."""
     loaded = {model.role: model.name for worker in live for model in worker.models}
     warm = {model.role for worker in live for model in worker.models if model.warm}

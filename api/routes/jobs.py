@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, Response
 
-from workers.protocol import IMAGE_NAME_RE
-
-from ..deps import JobsDep, SettingsDep, wait_seconds
-from ..errors import FileNotFound, JobNotFinished
-from ..jobs import JobRecord, JobState, predictions_csv, to_public
-from ..query_checks import strict_query
-from ..schemas import JobKind, JobPublic, JobStatus, JobWaitQuery
-from .common import error_responses
+from api.deps import JobsDep, SettingsDep, wait_seconds
+from api.errors import FileNotFound, JobNotFinished
+from api.parsing.query_rules import strict_query
+from api.routes.common import error_responses
+from api.schemas import JobWaitQuery
+from api.service.job_service import predictions_csv
+from contract.files import IMAGE_NAME_RE
+from contract.jobs import JobKind, JobPublic, JobRecord, JobState, JobStatus, to_public
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(strict_query)])
 

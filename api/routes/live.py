@@ -9,12 +9,11 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from ..deps import EventStreamsDep, JobsDep
-from ..jobs import JobRecord, to_public
-from ..query_checks import strict_query
-from ..schemas import JOB_RUNNING_EXAMPLE, JobPublic
-from .common import error_responses
-from .jobs import JobId
+from api.deps import EventStreamsDep, JobsDep
+from api.parsing.query_rules import strict_query
+from api.routes.common import error_responses
+from api.routes.jobs import JobId
+from contract.jobs import JOB_RUNNING_EXAMPLE, JobPublic, JobRecord, to_public
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(strict_query)])
 

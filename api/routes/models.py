@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..deps import WorkersDep
-from ..schemas import ModelsPublic
-from .common import error_responses
+from api.deps import WorkersDep
+from api.routes.common import error_responses
+from api.schemas import ModelsPublic
 
 router = APIRouter(tags=["operations"])
 

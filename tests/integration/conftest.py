@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from api.processes import RedisServer
+from stack.processes import RedisServer
 
 from .stack import (
     PLUMBING_LIMITS,

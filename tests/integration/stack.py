@@ -1,7 +1,7 @@
 """Starting the service for the end-to-end tests: real Celery worker processes and uvicorn over HTTP.
 
 Each ``Stack`` is one API (uvicorn in a thread of the test process, real HTTP)
-and the workers ``make run`` starts (one per queue, ``api.stack.worker_specs``,
+and the workers ``make run`` starts (one per queue, ``stack.services.worker_specs``,
 as separate ``celery worker`` processes) on one Redis database; stacks on
 different databases keep their queues and results apart.
 """
@@ -24,9 +24,9 @@ import uvicorn
 
 from api.config import Settings
 from api.main import create_app
-from api.processes import RedisServer, free_port
-from api.stack import LocalStack, webhook_worker_spec, worker_specs
-from workers.protocol import QUEUES
+from contract.queues import QUEUES
+from stack.processes import RedisServer, free_port
+from stack.services import LocalStack, webhook_worker_spec, worker_specs
 
 REPO = Path(__file__).resolve().parents[2]
 SERVED = ("dcgan-A", "dcgan-B", "ddpm-digits", "dann-svhn", "dann-usps")
@@ -37,7 +37,7 @@ PLUMBING_T = 40  # diffusion timesteps of the untrained test model
 OPEN_ACCESS: dict[str, object] = {"api_keys": "", "rate_limit": "off", "rate_limit_reads": "off"}
 
 # Webhooks to receivers on this machine (tests/integration/test_webhooks.py): the loopback address is
-# listed as an IP, which is what lets a delivery reach it (workers.webhook_policy).
+# listed as an IP, which is what lets a delivery reach it (contract.webhooks).
 WEBHOOK_HOST = "127.0.0.1"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"genserve-test-webhook-key-32byte").decode()
 PLUMBING_WORKER_ENV = {

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.processes import RedisServer, free_port
+from stack.processes import RedisServer, free_port
 
 from .helpers import open_png
 from .stack import PLUMBING_LIMITS, REPO, Stack, start_stack
@@ -125,7 +125,7 @@ def _launcher(tmp_path: Path, checkpoints: Path, **env: str) -> subprocess.Popen
         PYTHONUNBUFFERED="1", **env,
     )  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "api.launcher"],
+        [sys.executable, "-m", "stack"],
         cwd=REPO,
         env=environ,
         stdout=subprocess.PIPE,

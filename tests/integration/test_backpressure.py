@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from api.processes import RedisServer
+from stack.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

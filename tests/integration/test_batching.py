@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from api.processes import RedisServer
+from stack.processes import RedisServer
 
 from .helpers import fetch_png, files_field, pixels, png_bytes
 from .stack import PLUMBING_LIMITS, Stack, start_stack

@@ -20,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
+from contract.roles import DANN_CHECKPOINTS, DIGIT_CHECKPOINT, FACE_CHECKPOINTS
 from models.checkpoints import load_model, read_card
-from models.loading import DANN_MODELS, DIGIT_MODEL, EVAL_CLASSIFIER, FACE_MODELS
+from models.loading import EVAL_CLASSIFIER
 from models.pipelines import normalize_digits
 
 from .helpers import fetch_png, files_field, pixels, png_bytes, poll
@@ -68,7 +69,7 @@ def _result(stack: Stack, response: httpx.Response) -> dict:
 def test_real_target_digits_are_mostly_classified_right(
     trained_checkpoints: Path, trained_service: Stack, data_source: Path, target: str, read: Callable[[Path], Digits]
 ) -> None:
-    require_checkpoints(trained_checkpoints, DANN_MODELS[target])
+    require_checkpoints(trained_checkpoints, DANN_CHECKPOINTS[target])
     images, labels = read(data_source)
     uploads = [(f"{i:05d}.png", png_bytes(image), "image/png") for i, image in enumerate(images)]
     response = trained_service.client.post(
@@ -81,7 +82,7 @@ def test_real_target_digits_are_mostly_classified_right(
         m
         for w in trained_service.client.get("/models").json()["workers"]
         for m in w["models"]
-        if m["name"] == DANN_MODELS[target]
+        if m["name"] == DANN_CHECKPOINTS[target]
     )
     reported = card["metrics"].get("target_test_acc")
     if reported is not None:
@@ -96,12 +97,12 @@ def test_real_target_digits_are_mostly_classified_right(
 
 
 def test_generated_threes_are_called_three(trained_checkpoints: Path, trained_service: Stack) -> None:
-    require_checkpoints(trained_checkpoints, DIGIT_MODEL, EVAL_CLASSIFIER)
-    ddpm_card = read_card(trained_checkpoints, DIGIT_MODEL)
+    require_checkpoints(trained_checkpoints, DIGIT_CHECKPOINT, EVAL_CLASSIFIER)
+    ddpm_card = read_card(trained_checkpoints, DIGIT_CHECKPOINT)
     measured = ddpm_card.get("metrics", {}).get("eval_classifier_acc_fewstep", {}).get("accuracy")
     if measured is not None and measured < DIGIT_BAR:
         pytest.skip(
-            f"the shipped {DIGIT_MODEL} scores {measured:.2f} with the evaluation classifier (its card), below the "
+            f"the shipped {DIGIT_CHECKPOINT} scores {measured:.2f} with the evaluation classifier (its card), below the "
             f"{DIGIT_BAR} this check needs: it is a cut-down CPU model; train the full one (training/gpu_run.sh)"
         )
     classifier, card = load_model(trained_checkpoints, EVAL_CLASSIFIER)
@@ -120,7 +121,7 @@ def test_generated_threes_are_called_three(trained_checkpoints: Path, trained_se
 
 
 def test_trained_faces_are_64x64_and_follow_their_seed(trained_checkpoints: Path, trained_service: Stack) -> None:
-    require_checkpoints(trained_checkpoints, FACE_MODELS["B"])
+    require_checkpoints(trained_checkpoints, FACE_CHECKPOINTS["B"])
 
     def faces(seed: int) -> np.ndarray:
         response = trained_service.client.post("/generate/faces", params={"n": 4, "seed": seed, "model": "B"})

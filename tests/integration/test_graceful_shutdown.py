@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from api.processes import RedisServer
-from api.requeue import reap_worker_group, requeue_unacked
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, deliveries_key
+from contract.keys import deliveries_key
+from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL
+from stack.processes import RedisServer
+from stack.requeue import reap_worker_group, requeue_unacked
 
 from .helpers import poll
 from .stack import PLUMBING_LIMITS, Stack, start_stack

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from api.idempotency import Idempotency
-from workers.protocol import JOB_KEY_PREFIX
+from api.service.idempotency import Idempotency
+from contract.keys import JOB_KEY_PREFIX
 
 from .helpers import files_field, png_bytes
 from .stack import Stack

@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api.celery_client import make_celery
-from api.jobs import JobRecord, new_job_id
-from api.schemas import JobKind
-from workers.protocol import TASK_DIGITS, job_key
+from api.service.job_service import new_job_id
+from contract.broker import api_celery
+from contract.jobs import JobKind, JobRecord
+from contract.keys import job_key
+from contract.queues import TASK_DIGITS
 
 from .helpers import poll
 from .stack import Stack
@@ -107,7 +108,7 @@ def test_a_job_that_fails_in_the_worker_reports_why(service: Stack) -> None:
     job_id = new_job_id()
     record = JobRecord(job_id, JobKind.digits, TASK_DIGITS, {"labels": [3]}, datetime.now(UTC))
     service.redis().set(job_key(job_id), record.to_json(), ex=600)
-    celery = make_celery(service.redis_url, 600)
+    celery = api_celery(service.redis_url, 600)
     try:
         celery.send_task(TASK_DIGITS, kwargs={"labels": [3], "n": 1, "sampler": "ddim", "steps": 999}, task_id=job_id)
     finally:

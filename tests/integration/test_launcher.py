@@ -1,4 +1,4 @@
-"""`python -m api.launcher` (what `make run` calls): up with its own redis-server, serving, and all gone on Ctrl-C."""
+"""`python -m stack` (what `make run` calls): up with its own redis-server, serving, and all gone on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.processes import free_port
+from stack.processes import free_port
 
 from .helpers import open_png
 from .stack import REPO
@@ -38,7 +38,7 @@ def _launch(tmp_path: Path, port: int, checkpoints: Path) -> subprocess.Popen:
         TORCH_THREADS="1", PYTHONUNBUFFERED="1",
     )  # fmt: skip
     return subprocess.Popen(
-        [sys.executable, "-m", "api.launcher"],
+        [sys.executable, "-m", "stack"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from workers.protocol import ANIMATION_NAME, FRAME_TIMESTEPS
+from contract.digits import FRAME_TIMESTEPS
+from contract.files import ANIMATION_NAME
 
 from .helpers import fetch_png, poll
 from .stack import PLUMBING_T, Stack

@@ -11,13 +11,14 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.celery_client import make_celery
 from api.config import Settings
-from api.jobs import JobRecord, new_job_id
 from api.main import create_app
-from api.processes import RedisServer
-from api.schemas import JobKind
-from workers.protocol import QUEUE_SMALL, QUEUES, TASK_FACES, deliveries_key, job_key
+from api.service.job_service import new_job_id
+from contract.broker import api_celery
+from contract.jobs import JobKind, JobRecord
+from contract.keys import deliveries_key, job_key
+from contract.queues import QUEUE_SMALL, QUEUES, TASK_FACES
+from stack.processes import RedisServer
 
 from .stack import OPEN_ACCESS, Stack
 
@@ -70,7 +71,7 @@ def test_a_failing_job_counts_as_a_failure(service: Stack) -> None:
     record = JobRecord(job_id, JobKind.faces, TASK_FACES, {"n": 1}, datetime.now(UTC))
     client.set(job_key(job_id), record.to_json(), ex=600)
     client.set(deliveries_key(job_id), 3, ex=600)  # as if its worker had died on three runs: it fails at once
-    celery = make_celery(service.redis_url, 600)
+    celery = api_celery(service.redis_url, 600)
     try:
         celery.send_task(TASK_FACES, kwargs={"model": "B", "n": 1, "seed": 1}, task_id=job_id, queue=QUEUE_SMALL)
     finally:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from api.processes import RedisServer
+from stack.processes import RedisServer
 
 from .helpers import files_field, png_bytes
 from .stack import PLUMBING_LIMITS, Stack, start_stack

@@ -11,9 +11,11 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from api.processes import RedisServer
+from contract.roles import SERVED
+from stack.processes import RedisServer
 from workers.config import WorkerSettings
-from workers.registry import SERVED, Heartbeat, Registry
+from workers.heartbeat import Heartbeat
+from workers.registry import Registry
 
 from .stack import OPEN_ACCESS, Stack
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from api.processes import RedisServer
+from stack.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from api.celery_client import make_celery
-from api.jobs import JobRecord, new_job_id
-from api.schemas import JobKind
-from workers.protocol import QUEUE_DIFFUSION, TASK_FACES, deliveries_key, job_key
+from api.service.job_service import new_job_id
+from contract.broker import api_celery
+from contract.jobs import JobKind, JobRecord
+from contract.keys import deliveries_key, job_key
+from contract.queues import QUEUE_DIFFUSION, TASK_FACES
 
 from .helpers import poll
 from .stack import Stack
@@ -53,7 +54,7 @@ def test_a_job_that_keeps_killing_its_worker_is_failed_with_the_reason(service: 
     client = service.redis()
     client.set(job_key(job_id), record.to_json(), ex=600)
     client.set(deliveries_key(job_id), 3, ex=600)  # as if its worker had died on three runs already
-    celery = make_celery(service.redis_url, 600)
+    celery = api_celery(service.redis_url, 600)
     try:
         celery.send_task(TASK_FACES, kwargs={"model": "B", "n": 1, "seed": 1}, task_id=job_id, queue="small")
     finally:

@@ -18,12 +18,12 @@ import redis
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from api.access.keys import key_matches
 from api.config import Settings
-from api.launcher import exposure_warning
 from api.main import create_app
-from api.processes import RedisServer
-from api.security import key_matches
-from api.worker_registry import without_paths
+from contract.registration import without_paths
+from stack.launcher import exposure_warning
+from stack.processes import RedisServer
 
 KEY = "k" * 20 + "-first"
 OTHER_KEY = "o" * 20 + "-second"
@@ -307,7 +307,7 @@ def test_limits_off_means_no_limit(redis_url: str, tmp_path: Path) -> None:
 def test_with_redis_down_the_limiter_fails_open_and_the_route_says_503(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="api.ratelimit"), _app(DOWN, tmp_path, rate_limit="1/minute") as api:
+    with caplog.at_level(logging.WARNING, logger="api.access.rate_limits"), _app(DOWN, tmp_path, rate_limit="1/minute") as api:
         responses = [api.post(FACES, params=QUICK) for _ in range(3)]
     assert {r.status_code for r in responses} == {503}
     assert all("Redis is unreachable" in r.json()["detail"] for r in responses)
@@ -342,7 +342,8 @@ def test_warning_when_listening_beyond_localhost_without_keys() -> None:
 def test_models_shows_no_path_of_the_workers_machine(redis_url: str, tmp_path: Path) -> None:
     """A real worker registry over an empty checkpoint folder (every model missing) registers as a worker does."""
     from workers.config import WorkerSettings
-    from workers.registry import Heartbeat, Registry
+    from workers.heartbeat import Heartbeat
+    from workers.registry import Registry
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()

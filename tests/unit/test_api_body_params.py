@@ -1,4 +1,4 @@
-"""Parameters from the query string, a JSON body or both (api.body_params), in process: no Redis, no worker.
+"""Parameters from the query string, a JSON body or both (api.parsing.params), in process: no Redis, no worker.
 
 A request that passes every check reaches the job service, which answers 503 here (nothing listens on
 Redis's port): a 503 means "accepted as parameters", a 4xx names what is wrong.
@@ -13,10 +13,10 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 
-from api.body_params import merge, query_view
 from api.config import Settings
 from api.errors import describe_validation_error
 from api.main import create_app
+from api.parsing.params import merge, query_view
 from api.schemas import ClassifyQuery, DigitsQuery, FacesQuery
 
 DOWN = "redis://127.0.0.1:1/0"

@@ -6,14 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from api.jobs import (
-    JobRecord,
-    describe_failure,
-    predictions_csv,
-    state_from_meta,
-    to_public,
-)
-from api.schemas import JobKind, JobStatus
+from api.service.job_service import predictions_csv
+from contract.jobs import JobKind, JobRecord, JobStatus, describe_failure, state_from_meta, to_public
 
 JOB = "a" * 32
 
@@ -22,7 +16,7 @@ class SoftTimeLimitExceeded(Exception):
     pass
 
 
-class JobCanceled(Exception):  # the worker's exception arrives by name (workers.protocol.CANCELED_ERROR)
+class JobCanceled(Exception):  # the worker's exception arrives by name (contract.jobs.CANCELED_ERROR)
     pass
 
 

@@ -16,9 +16,10 @@ from PIL import Image
 
 from api.config import Settings
 from api.errors import describe_validation_error
-from api.idempotency import KEY_PREFIX, Idempotency
 from api.main import create_app
-from api.query_checks import query_problems
+from api.parsing.query_rules import query_problems
+from api.service.idempotency import Idempotency
+from contract.keys import IDEMPOTENCY_KEY_PREFIX
 
 DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 JOB = "9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a"
@@ -216,7 +217,7 @@ def test_a_fingerprint_depends_on_the_parameters_only() -> None:
     other = Idempotency.of("k", "POST /generate/faces", {"n": 4, "model": "B", "seed": None})
     assert first is not None and again is not None and other is not None
     assert first.fingerprint == again.fingerprint != other.fingerprint
-    assert first.redis_key == other.redis_key and first.redis_key.startswith(KEY_PREFIX)
+    assert first.redis_key == other.redis_key and first.redis_key.startswith(IDEMPOTENCY_KEY_PREFIX)
     elsewhere = Idempotency.of("k", "POST /generate/digits", {"n": 3, "model": "B", "seed": None})
     assert elsewhere is not None and elsewhere.redis_key != first.redis_key
     assert Idempotency.of(None, "POST /generate/faces", {"n": 3}) is None

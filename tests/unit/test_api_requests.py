@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from api.config import Settings
 from api.deps import preferred_representation
 from api.main import create_app
-from workers import protocol
+from contract import queues
 
 # Nothing listens on port 1: every Redis call fails fast with "connection refused".
 DOWN = "redis://127.0.0.1:1/0"
@@ -27,7 +27,7 @@ def client() -> Iterator[TestClient]:
 
 
 def test_the_api_never_imports_torch_or_models() -> None:
-    code = "import sys, api.main, api.launcher; api.main.create_app(); print(sorted(m for m in ('torch', 'models') if m in sys.modules))"
+    code = "import sys, api.main, stack.launcher; api.main.create_app(); print(sorted(m for m in ('torch', 'models') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -36,7 +36,7 @@ def test_task_names_are_the_ones_the_workers_register() -> None:
     from workers.celery_app import app
 
     app.loader.import_default_modules()
-    for name in (protocol.TASK_FACES, protocol.TASK_DIGITS, protocol.TASK_CLASSIFY):
+    for name in (queues.TASK_FACES, queues.TASK_DIGITS, queues.TASK_CLASSIFY):
         assert name in app.tasks
 
 

@@ -12,8 +12,10 @@ import pytest
 from PIL import Image
 
 from api.errors import InvalidImage, TooLarge, UnsupportedImage
-from api.uploads import MAX_NAME_CHARS, check_image, clean_name, store_inputs
-from workers.digit_inputs import DIGIT_SIZE, INPUTS_FILE, digit_from_image
+from api.parsing.uploads import MAX_NAME_CHARS, check_image, clean_name, store_inputs
+from contract.digits import DIGIT_SIZE
+from contract.digits_io import digit_from_image
+from contract.files import INPUTS_FILE
 
 LIMIT = 1_000_000
 
@@ -108,13 +110,13 @@ def test_errors_never_quote_the_file() -> None:
 
 def test_pixels_that_cannot_be_a_digit_are_a_415_saying_what_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
     # No PNG or JPEG decodes to float pixels with today's Pillow: stand in a decoder that does.
-    import api.uploads
+    import api.parsing.uploads
 
     def float_decoder(image: Image.Image) -> np.ndarray:
         image.load()
         return digit_from_image(image.convert("F"))
 
-    monkeypatch.setattr(api.uploads, "digit_from_image", float_decoder)
+    monkeypatch.setattr(api.parsing.uploads, "digit_from_image", float_decoder)
     with pytest.raises(UnsupportedImage) as caught:
         check_image("f.png", encode(NOISE.convert("L")), max_pixels=LIMIT)
     assert caught.value.detail.startswith("'f.png': ") and "floating-point" in caught.value.detail
@@ -154,14 +156,14 @@ def test_inputs_are_stored_as_one_small_array(tmp_path: Path) -> None:
 def test_the_process_decodes_at_most_one_upload_per_core_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
-    import api.uploads
+    import api.parsing.uploads
 
-    monkeypatch.setattr(api.uploads, "DECODE_SLOTS", 2)
+    monkeypatch.setattr(api.parsing.uploads, "DECODE_SLOTS", 2)
     running, most = 0, 0
 
     async def decode() -> None:
         nonlocal running, most
-        async with api.uploads.decode_slot():
+        async with api.parsing.uploads.decode_slot():
             running += 1
             most = max(most, running)
             await asyncio.sleep(0.01)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from contract.digits_io import save_digits
+from contract.files import INPUTS_DIR, INPUTS_FILE
+from contract.roles import SERVED
 from models.checkpoints import save_model
 from models.dann import DANN
 from models.dcgan import DCGANConfig, Generator
@@ -21,10 +22,8 @@ from models.unet import ConditionalUNet, UNetConfig
 from workers import runners
 from workers.batching import MicroBatcher
 from workers.config import WorkerSettings
-from workers.digit_inputs import INPUTS_FILE, save_digits
-from workers.protocol import INPUTS_DIR
-from workers.registry import SERVED, ModelUnavailable, Registry
-from workers.storage import JobFiles, prune_expired
+from workers.registry import ModelUnavailable, Registry
+from workers.storage import JobFiles
 
 JOB = "0" * 31 + "1"
 
@@ -127,17 +126,6 @@ def test_job_folders_are_named_by_job_id_only(tmp_path: Path) -> None:
     for bad in ("../etc", "ABC", "a" * 33, ""):
         with pytest.raises(ValueError):
             JobFiles(tmp_path, bad)
-
-
-def test_prune_removes_expired_job_folders_only(tmp_path: Path) -> None:
-    old, new, other = tmp_path / ("a" * 32), tmp_path / ("b" * 32), tmp_path / "keep-me"
-    for folder in (old, new, other):
-        folder.mkdir()
-    past = time.time() - 7200
-    os.utime(old, (past, past))
-    os.utime(other, (past, past))
-    assert prune_expired(tmp_path, older_than_s=3600) == 1
-    assert not old.exists() and new.exists() and other.exists()
 
 
 def test_a_worker_loads_only_the_models_of_its_queues(registry: Registry, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
+from contract.roles import DANN_CHECKPOINTS, FACE_CHECKPOINTS
 from models.checkpoints import list_cards
-from models.loading import DANN_MODELS, FACE_MODELS
 from training.common import REPO
 from training.diversity import mean_pairwise_msssim
 from training.evaluate import dann_table_names
@@ -23,10 +23,10 @@ CARDS = list_cards(CHECKPOINTS)
 def _twins() -> list[tuple[str, str, str]]:
     """(metrics.json key, card name, card metrics key)."""
     pairs = [("eval_classifier_mnistm_val_acc", "digit-classifier", "mnistm_val_acc")]
-    for variant, name in FACE_MODELS.items():
+    for variant, name in FACE_CHECKPOINTS.items():
         pairs += [(f"faces_{variant}_hog", name, "hog_one_face_rate"), (f"faces_{variant}_msssim", name, "msssim")]
         pairs.append(("faces_real_msssim", name, "real_val_msssim"))
-    for target, served in DANN_MODELS.items():
+    for target, served in DANN_CHECKPOINTS.items():
         pairs += [(f"dann_{target}_test", served, "target_test_acc"), (f"dann_{target}_val", served, "target_val_acc")]
         pairs += [(f"dann_{target}_{row}", name, "target_test_acc") for row, name in dann_table_names(target).items() if name != served]
     pairs.append(("digits_real_msssim", "ddpm-digits", "real_msssim"))
@@ -71,7 +71,7 @@ def test_face_diversity_takes_four_scales_at_64_pixels() -> None:
 def test_dann_rows_ran_one_step_plan_to_its_end() -> None:
     """Budget-matched rows: every shipped DANN checkpoint completed the step plan of the 3-seed table."""
     table = json.loads((REPO / "docs" / "report" / "dann_table.json").read_text())
-    for target in DANN_MODELS:
+    for target in DANN_CHECKPOINTS:
         for row, name in dann_table_names(target).items():
             training = CARDS[name]["training"]
             assert training["completed"] and training["steps"] == training["steps_planned"] == table["steps"], name

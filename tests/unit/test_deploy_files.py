@@ -14,8 +14,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from api.stack import SHUTDOWN_MARGIN_S, webhook_worker_spec, worker_specs
-from workers.protocol import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUE_WEBHOOKS, QUEUES
+from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUE_WEBHOOKS, QUEUES
+from stack.services import SHUTDOWN_MARGIN_S, webhook_worker_spec, worker_specs
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = {f"worker-{queue}": queue for queue in QUEUES}
@@ -224,7 +224,7 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
 def test_a_stopped_diffusion_worker_requeues_its_job_before_docker_kills_it(compose: dict[str, Any]) -> None:
     diffusion = compose["services"][f"worker-{QUEUE_DIFFUSION}"]
     spec = next(spec for spec in worker_specs() if spec.queue == QUEUE_DIFFUSION)
-    # SIGTERM starts Celery's soft shutdown, as in `make run` (api.stack.WorkerSpec.env).
+    # SIGTERM starts Celery's soft shutdown, as in `make run` (stack.services.WorkerSpec.env).
     assert _env(diffusion)["REMAP_SIGTERM"] == spec.env()["REMAP_SIGTERM"] == "SIGQUIT"
     grace = float(_env(diffusion)["SHUTDOWN_GRACE_S"])
     for name in WORKERS:  # docker's SIGKILL comes only after the grace and the requeue

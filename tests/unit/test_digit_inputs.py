@@ -13,14 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from workers.digit_inputs import (
-    DIGIT_SIZE,
-    INPUTS_FILE,
-    UnsupportedPixels,
-    digit_from_image,
-    load_digits,
-    save_digits,
-)
+from contract.digits import DIGIT_SIZE
+from contract.digits_io import UnsupportedPixels, digit_from_image, load_digits, save_digits
+from contract.files import INPUTS_FILE
 
 SIZE = (40, 48)  # not square, so an orientation mix-up shows
 

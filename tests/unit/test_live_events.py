@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workers import protocol
+from contract import jobs
 from workers.live import JobCanceled, png_data_url
 from workers.runners import spread
 from workers.storage import to_uint8
 
 
 def test_the_api_knows_a_canceled_job_by_the_workers_exception_name() -> None:
-    assert JobCanceled.__name__ == protocol.CANCELED_ERROR
+    assert JobCanceled.__name__ == jobs.CANCELED_ERROR
 
 
 def test_a_frame_travels_as_the_png_of_its_pixels() -> None:

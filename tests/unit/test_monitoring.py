@@ -9,22 +9,22 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.celery_client import queue_keys
 from api.config import Settings
 from api.main import create_app
-from api.monitoring import Snapshot, families
-from api.schemas import ModelInfo, WorkerPublic
-from workers import metrics
-from workers.protocol import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
+from api.operations.metrics import Snapshot, families
+from contract import task_metrics
+from contract.broker import queue_keys
+from contract.queues import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
+from contract.registration import ModelInfo, WorkerRegistration
 from workers.tasks import model_label, task_label
 
 
 def test_a_runtime_falls_in_the_smallest_bucket_that_holds_it() -> None:
-    assert metrics.bucket_for(0.001) == "0.005"
-    assert metrics.bucket_for(0.005) == "0.005"  # le: upper bounds are inclusive
-    assert metrics.bucket_for(0.0051) == "0.01"
-    assert metrics.bucket_for(7.0) == "10.0"
-    assert metrics.bucket_for(10_000.0) == "+Inf"
+    assert task_metrics.bucket_for(0.001) == "0.005"
+    assert task_metrics.bucket_for(0.005) == "0.005"  # le: upper bounds are inclusive
+    assert task_metrics.bucket_for(0.0051) == "0.01"
+    assert task_metrics.bucket_for(7.0) == "10.0"
+    assert task_metrics.bucket_for(10_000.0) == "+Inf"
 
 
 def test_the_hash_parses_into_cumulative_series_and_skips_foreign_fields() -> None:
@@ -41,7 +41,7 @@ def test_the_hash_parses_into_cumulative_series_and_skips_foreign_fields() -> No
         b"some|other|field": b"x",
         b"bucket|generate_faces|dcgan-B|not-a-number": b"1",
     }
-    faces, digits = sorted(metrics.parse(raw), key=lambda s: s.task, reverse=True)
+    faces, digits = sorted(task_metrics.parse(raw), key=lambda s: s.task, reverse=True)
     assert (faces.task, faces.model, faces.runs) == ("generate_faces", "dcgan-B", {"succeeded": 3, "failed": 1, "canceled": 0})
     assert faces.count == 4 and faces.sum_s == 2007.5
     cumulative = dict(faces.cumulative())
@@ -53,12 +53,12 @@ def test_the_hash_parses_into_cumulative_series_and_skips_foreign_fields() -> No
 
 def test_families_render_in_the_exposition_format() -> None:
     now = datetime.now(UTC)
-    worker = WorkerPublic(
+    worker = WorkerRegistration(
         worker="h:1", device="cpu", queues=["small"], started_at=now, heartbeat_at=now, missing=[],
         models=[ModelInfo(role="faces:B", name="dcgan-B", dtype="float32", device="cpu", warm=True),
                 ModelInfo(role="faces:A", name="dcgan-A", dtype="float32", device="cpu", warm=False)],
     )  # fmt: skip
-    series = metrics.parse({"runs|generate_faces|dcgan-B|succeeded": "2", "bucket|generate_faces|dcgan-B|0.05": "2",
+    series = task_metrics.parse({"runs|generate_faces|dcgan-B|succeeded": "2", "bucket|generate_faces|dcgan-B|0.05": "2",
                             "sum|generate_faces|dcgan-B": "0.06"})  # fmt: skip
     snapshot = Snapshot({"small": 3, "diffusion": 0}, [worker], series)
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from api.cleanup import ResultsJanitor
 from api.config import Settings
-from workers.protocol import INPUTS_DIR
-from workers.retention import FolderSizes, job_folders, trim_to_quota
+from api.operations.retention import FolderSizes, ResultsJanitor, job_folders, prune_expired, trim_to_quota
+from contract.files import INPUTS_DIR
 
 HOUR = 3600.0
 
@@ -117,3 +116,14 @@ def test_the_quota_setting_has_a_sensible_default() -> None:
     assert Settings(_env_file=None).results_max_bytes == 2 * 2**30
     with pytest.raises(ValueError):
         Settings(_env_file=None, results_max_bytes=0)
+
+
+def test_prune_removes_expired_job_folders_only(tmp_path: Path) -> None:
+    old, new, other = tmp_path / ("a" * 32), tmp_path / ("b" * 32), tmp_path / "keep-me"
+    for folder in (old, new, other):
+        folder.mkdir()
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert prune_expired(tmp_path, older_than_s=3600) == 1
+    assert not old.exists() and new.exists() and other.exists()

@@ -8,7 +8,6 @@ import torch
 from models.pipelines import DigitPipeline, count_nfe, guided_steps
 from models.scheduler import DEFAULT_STEPS, SAMPLERS, NoiseSchedule, SamplingConfig
 from models.unet import ConditionalUNet, UNetConfig
-from workers import protocol
 
 FRAMES = (400, 320, 240, 160, 80, 0)
 
@@ -76,8 +75,7 @@ def test_sampling_config_from_cards_and_requests() -> None:
         SamplingConfig("euler", 5)  # type: ignore[arg-type]
 
 
-def test_the_api_offers_exactly_the_samplers_the_models_build() -> None:
-    assert protocol.SAMPLERS == SAMPLERS
+def test_every_offered_sampler_is_built() -> None:
     for name in SAMPLERS:
         assert len(NoiseSchedule().make_sampler(name, None if name == "ddpm" else 4).timesteps) in (4, 400)
 

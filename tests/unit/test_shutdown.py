@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from api.processes import stop_all
-from api.stack import SHUTDOWN_MARGIN_S, LocalStack, worker_specs
+from stack.processes import stop_all
+from stack.services import SHUTDOWN_MARGIN_S, LocalStack, worker_specs
 from workers.config import WorkerSettings
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"

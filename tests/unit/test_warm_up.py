@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from api.routes.health import SERVED_ROLES, models_check
-from api.schemas import MissingModel, ModelInfo, WorkerPublic
+from contract.registration import MissingModel, ModelInfo, WorkerRegistration
+from contract.roles import SERVED
 from models.checkpoints import save_model
 from models.dann import DANN
 from models.dcgan import DCGANConfig, Generator
 from models.scheduler import NoiseScheduleConfig
 from models.unet import ConditionalUNet, UNetConfig
 from workers.config import WorkerSettings
-from workers.registry import SERVED, Registry
+from workers.registry import Registry
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +65,9 @@ def test_a_model_whose_forward_pass_fails_is_not_served(registry: Registry, monk
     assert all(model.warm for model in registry.models.values()) and len(registry.models) == len(SERVED) - 1
 
 
-def _worker(warm: dict[str, bool], missing: dict[str, str] | None = None) -> WorkerPublic:
+def _worker(warm: dict[str, bool], missing: dict[str, str] | None = None) -> WorkerRegistration:
     now = datetime.now(UTC)
-    return WorkerPublic(
+    return WorkerRegistration(
         worker="h:1", device="cpu", queues=["small", "diffusion"], started_at=now, heartbeat_at=now,
         models=[ModelInfo(role=role, name=SERVED[role], dtype="float32", device="cpu", warm=w) for role, w in warm.items()],
         missing=[MissingModel(role=role, name=SERVED[role], reason=why) for role, why in (missing or {}).items()],
@@ -96,7 +97,7 @@ def test_readiness_names_models_not_loaded_and_not_warm_apart() -> None:
 
 def test_a_worker_that_publishes_no_warm_flag_is_not_counted_warm() -> None:
     now = datetime.now(UTC).isoformat()
-    worker = WorkerPublic.model_validate(
+    worker = WorkerRegistration.model_validate(
         {"worker": "h:1", "device": "cpu", "started_at": now, "heartbeat_at": now, "missing": [],
          "models": [{"role": role, "name": SERVED[role], "dtype": "float32", "device": "cpu"} for role in SERVED_ROLES]}
     )  # fmt: skip

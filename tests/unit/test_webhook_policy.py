@@ -1,4 +1,4 @@
-"""Which webhook URLs are called, and the Standard Webhooks signature (workers.webhook_policy)."""
+"""Which webhook URLs are called, and the Standard Webhooks signature (contract.webhooks)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ from typing import Any
 
 import pytest
 
-from workers import protocol
+from contract import queues
+from contract.webhooks import check_webhook_url, resolve_for_delivery, secret_key, signed_headers
 from workers.config import WorkerSettings
-from workers.webhook_policy import (
-    check_webhook_url,
-    resolve_for_delivery,
-    secret_key,
-    signed_headers,
-)
 
 KEY = b"0123456789abcdef0123456789abcdef"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -113,7 +108,7 @@ def test_the_webhook_worker_imports_no_torch_and_runs_only_deliveries() -> None:
         "print(sorted(t for t in w.app.tasks if not t.startswith('celery.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[0] == "[]" and out[1] == f"[{protocol.TASK_WEBHOOK!r}]"
+    assert out[0] == "[]" and out[1] == f"[{queues.TASK_WEBHOOK!r}]"
 
 
 def test_deliveries_retry_with_bounded_exponential_back_off() -> None:
@@ -125,8 +120,8 @@ def test_deliveries_retry_with_bounded_exponential_back_off() -> None:
     assert task.max_retries == webhook_app.settings.webhook_max_attempts - 1 and task.retry_backoff_max == 600
     assert task.ignore_result
     # Routed to its own queue, by the route table both the API and the model workers publish with.
-    assert protocol.task_routes()[protocol.TASK_WEBHOOK] == {"queue": protocol.QUEUE_WEBHOOKS}
-    assert protocol.QUEUE_WEBHOOKS not in protocol.QUEUES  # no model worker consumes it
+    assert queues.task_routes()[queues.TASK_WEBHOOK] == {"queue": queues.QUEUE_WEBHOOKS}
+    assert queues.QUEUE_WEBHOOKS not in queues.QUEUES  # no model worker consumes it
 
 
 def test_an_attempt_posts_the_signed_body_to_the_checked_address() -> None:

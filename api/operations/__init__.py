@@ -1,0 +1,1 @@
+"""Running the service: live workers and their models, Prometheus metrics, and the results' retention."""

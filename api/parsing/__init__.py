@@ -1,0 +1,1 @@
+"""Reading requests: parameters from the query string or a JSON body, held to the OpenAPI schema; uploaded images."""

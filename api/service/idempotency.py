@@ -1,0 +1,48 @@
+"""``Idempotency-Key``: a client that retries a POST (after a timeout, a 503 or a 429) gets the job it
+already created instead of a second one.
+
+The key is the client's; the service binds it, per route, to the job the first
+request created and to a fingerprint of that request's parameters (``SET NX``
+in Redis, with the jobs' TTL). A retry with the same key and parameters gets
+that job back; the same key with other parameters is a client bug and a 409
+(the IETF httpapi draft "The Idempotency-Key HTTP Header Field" behaves alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from contract.keys import IDEMPOTENCY_KEY_PREFIX
+
+# What a key may be: visible ASCII (a UUID, a ULID, a hash, a client's own ids), at most 255 characters.
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    key: str
+    scope: str  # the route, e.g. "POST /generate/faces": one key may serve different routes independently
+    fingerprint: str  # of the request's parameters: what makes a retry "the same request"
+
+    @classmethod
+    def of(cls, key: str | None, scope: str, request: dict[str, Any]) -> Idempotency | None:
+        """None without a key; ``request`` is what the job depends on (not ``wait`` or ``Accept``)."""
+        if key is None:
+            return None
+        canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+        return cls(key, scope, digest(canonical.encode()))
+
+    @property
+    def redis_key(self) -> str:
+        # Hashed, so any client key makes a short, plain Redis key.
+        return f"{IDEMPOTENCY_KEY_PREFIX}{self.scope}:{digest(self.key.encode())}"
+
+    def entry(self, job_id: str) -> str:
+        return json.dumps({"job": job_id, "fingerprint": self.fingerprint})

@@ -1,0 +1,117 @@
+"""A worker's registration in Redis: what it consumes and has loaded, written by its heartbeat, read by the API.
+
+Layout: ``keys.WORKERS_INDEX_KEY`` is a sorted set of worker ids scored by the
+unix time their registration expires; ``keys.worker_key(id)`` holds the JSON of
+a ``WorkerRegistration`` with the same TTL. Readers take the ids whose score is
+in the future, then the keys (``live_query`` and ``decode``), and so never SCAN.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .keys import WORKERS_INDEX_KEY, worker_key
+
+# An absolute path (POSIX or Windows) with at least one folder; group 1 is its last part.
+# Not after a word character, "/" or ":", so URLs (redis://host/0) and relative paths are left alone.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\'\"]+[/\\])+([^\s/\\'\"]*)")
+
+
+class ModelInfo(BaseModel):
+    role: str = Field(
+        description="What the model serves: `faces:A`, `faces:B`, `digits`, `classify:svhn`, `classify:usps`."
+    )
+    name: str = Field(description="The checkpoint's name.")
+    warm: bool = Field(
+        False,
+        description="Whether its first forward pass is done (at load): until then `/readyz` does not count it.",
+    )
+    kind: str | None = Field(None, description="The model card's kind.")
+    parameters: int | None = None
+    dtype: str = Field(description="The dtype it runs in.")
+    stored_dtype: str | None = Field(None, description="The dtype its weights are stored in.")
+    device: str
+    metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card.")
+    hardware: Any = Field(None, description="What it was trained on, from the model card.")
+    num_train_timesteps: int | None = None
+    guidance_scale: float | None = Field(None, description="Default classifier-free guidance (diffusion only).")
+    sampling: dict[str, Any] | None = Field(
+        None,
+        description="The recommended sampling configuration that a digits request gets by default (diffusion only).",
+        examples=[{"sampler": "unipc", "steps": 5, "guidance_scale": 5.0, "guidance_interval": [55, 370]}],
+    )
+
+
+class MissingModel(BaseModel):
+    role: str
+    name: str = Field(description="The checkpoint's name.")
+    reason: str = Field(description="Why it is not loaded (files named relative to the worker's checkpoint folder).")
+
+
+class WorkerRegistration(BaseModel):
+    worker: str = Field(description="hostname:pid of the worker process.")
+    device: str | None
+    queues: list[str] = Field(
+        default_factory=list, description="The job queues it consumes: `small` (faces, classify), `diffusion` (digits)."
+    )
+    started_at: datetime
+    heartbeat_at: datetime
+    models: list[ModelInfo]
+    missing: list[MissingModel] = Field(description="Checkpoints this worker could not load, and why.")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with each absolute path cut to its last part (a file name).
+
+    Workers name their checkpoint files relatively (``workers.models_loaded.public_reason``);
+    this keeps any other path of their machine (an OSError's, an older worker's) out of
+    what the API publishes too.
+    """
+    return _ABSOLUTE_PATH.sub(r"\1", text)
+
+
+def live_query(now: float | None = None) -> tuple[str, float, str]:
+    """The ``ZRANGEBYSCORE`` arguments that list the workers whose registration has not expired."""
+    return WORKERS_INDEX_KEY, time.time() if now is None else now, "+inf"
+
+
+def keys_of(ids: Iterable[bytes | str]) -> list[str]:
+    return [worker_key(i.decode() if isinstance(i, bytes) else i) for i in ids]
+
+
+def decode(raw: Iterable[bytes | str | None]) -> list[WorkerRegistration]:
+    """``MGET`` of the registration keys -> the registrations, oldest worker first.
+
+    A key that expired between the two reads, or that a worker of another version
+    wrote, is skipped: it is not ours to judge.
+    """
+    workers = []
+    for item in raw:
+        if item is None:
+            continue
+        try:
+            worker = WorkerRegistration.model_validate_json(item)
+        except (ValueError, ValidationError):
+            continue
+        for missing in worker.missing:
+            missing.reason = without_paths(missing.reason)
+        workers.append(worker)
+    return sorted(workers, key=lambda w: w.started_at)
+
+
+def register(pipe: Any, registration: WorkerRegistration, ttl_s: float, now: float) -> None:
+    """Queue the writes that (re)register a worker for ``ttl_s`` on a Redis pipeline."""
+    pipe.set(worker_key(registration.worker), registration.model_dump_json(), px=int(ttl_s * 1000))
+    pipe.zadd(WORKERS_INDEX_KEY, {registration.worker: now + ttl_s})
+    pipe.zremrangebyscore(WORKERS_INDEX_KEY, "-inf", now)
+
+
+def deregister(pipe: Any, worker_id: str) -> None:
+    pipe.delete(worker_key(worker_id))
+    pipe.zrem(WORKERS_INDEX_KEY, worker_id)
