@@ -19,6 +19,13 @@ MIN_API_KEY_CHARS = 16
 class Settings(ServiceSettings):
     host: str = Field("127.0.0.1", description="Where the launcher's uvicorn listens.")
     port: int = Field(8000, ge=1, le=65535, description="The launcher's HTTP port.")
+    api_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes the launcher starts on PORT (uvicorn --workers): jobs, live events, cancels, "
+        "idempotency and rate limits live in Redis, so any process serves any request.",
+    )
     results_max_bytes: int = Field(
         2 * 2**30,
         ge=1,
@@ -63,9 +70,15 @@ class Settings(ServiceSettings):
         "Empty: same-origin only; a POST from any other page is refused with 403.",
     )
 
-    _api_lists = field_validator("api_keys", "cors_allow_origins", mode="before")(
-        comma_list
+    results_presign: bool = Field(
+        False,
+        description="With RESULTS_STORE=s3: answer an image GET with a redirect to a presigned URL of the store "
+        "(the client fetches it from the store, whose endpoint it must reach), instead of streaming it through "
+        "the API.",
     )
+    results_url_ttl_s: int = Field(300, ge=1, le=7 * 86_400, description="How long a presigned image URL is valid.")
+
+    _api_lists = field_validator("api_keys", "cors_allow_origins", mode="before")(comma_list)
 
     @field_validator("api_keys")
     @classmethod

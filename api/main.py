@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -30,10 +30,12 @@ from api.operations.retention import ResultsJanitor
 from api.parsing.query_rules import document_settings
 from api.routes import classify, digits, faces, health, jobs, live, models, playground
 from api.routes.common import error_responses
+from api.service.files import ResultFiles
 from api.service.job_service import JobService
 from api.service.live_events import JobEventStreams
 from contract.broker import api_celery
 from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL
+from contract.store import make_store
 
 DESCRIPTION = """
 On-demand DCGAN faces, class-conditional diffusion digits (MNIST-M style) and
@@ -92,19 +94,23 @@ def _metrics(app: FastAPI, guards: list[Any], responses: dict[int | str, dict[st
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """What each API process holds while it serves: Redis, the Celery handle, the job service, the
+    results store and its janitor (which runs with no worker up too)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
         celery = api_celery(settings.redis_url, settings.job_ttl_seconds)
-        app.state.redis = redis
+        store = make_store(settings)
+        app.state.redis, app.state.store = redis, store
         app.state.jobs = JobService(
             celery,
             redis,
             settings.job_ttl_seconds,
+            files=ResultFiles(store, presign=settings.results_presign, url_ttl_s=settings.results_url_ttl_s),
             queue_bounds={QUEUE_SMALL: settings.max_queued_small, QUEUE_DIFFUSION: settings.max_queued_diffusion},
+            base_url=settings.public_base_url,
         )
         app.state.workers = LiveWorkers(redis)
         app.state.events = JobEventStreams(app.state.jobs, redis)
@@ -116,12 +122,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else None
         )
         janitor = ResultsJanitor(
-            settings.results_dir,
+            store,
             ttl_s=settings.job_ttl_seconds,
             max_bytes=settings.results_max_bytes,
             every_s=settings.results_sweep_seconds,
         )
-        cleanup = asyncio.create_task(janitor.run(), name="results-cleanup")  # runs with no worker up too
+        cleanup = asyncio.create_task(janitor.run(), name="results-cleanup")
         try:
             yield
         finally:
@@ -131,6 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await redis.aclose()
             celery.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
     # Swagger UI and ReDoc assets are served by the app itself, not a CDN, so /docs
     # works on machines without internet access.
     app = FastAPIOffline(
@@ -138,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         openapi_tags=TAGS,
-        lifespan=lifespan,
+        lifespan=_lifespan(settings),
     )
     app.state.settings = settings
     errors.install(app)

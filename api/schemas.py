@@ -232,7 +232,7 @@ class Health(BaseModel):
 
 
 class ReadyCheck(BaseModel):
-    name: Literal["redis", "worker", "models"]
+    name: Literal["redis", "store", "worker", "models"]
     ok: bool
     detail: str
 
@@ -244,6 +244,7 @@ class Readiness(BaseModel):
                 {
                     "ready": True,
                     "checks": [
+                        {"name": "store", "ok": True, "detail": "the s3 bucket 'genserve-results' can be used"},
                         {"name": "redis", "ok": True, "detail": "PING answered"},
                         {"name": "worker", "ok": True, "detail": "1 worker process reporting"},
                         {"name": "models", "ok": True, "detail": "all 5 served models loaded and warmed up"},

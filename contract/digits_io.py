@@ -1,7 +1,7 @@
 """The DANN's input, in one place: any uploaded image -> one 28x28 RGB uint8 digit.
 
 The API decodes each upload with ``digit_from_image`` as it arrives and keeps only
-the small result; the worker reads the job's digits back with ``load_digits`` and
+the small result; the worker reads the job's digits back with ``digits_from_bytes`` and
 only scales them to [0, 1] (``models.pipelines.digits_from_uint8``). So the API
 and the worker cannot disagree on size, filter or colour handling, and no
 full-size image outlives its own decode. The module is torch-free: the API imports it.
@@ -31,14 +31,12 @@ How each image becomes a digit, in this order:
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import io
 
 import numpy as np
 from PIL import ExifTags, Image
 
 from .digits import DIGIT_SIZE
-from .files import INPUTS_FILE
 
 RESAMPLE = Image.Resampling.BILINEAR
 DRAFT_FACTOR = 8
@@ -138,24 +136,20 @@ def _eight_bit(image: Image.Image) -> Image.Image:
         raise UnsupportedPixels(f"its pixel format {mode} cannot be read as a colour image: send RGB or grey") from err
 
 
-def save_digits(folder: Path, digits: np.ndarray) -> str:
-    """Write a job's digits where its worker reads them; returns the file name to put in the task."""
+def digits_to_bytes(digits: np.ndarray) -> bytes:
+    """A job's digits as the ``.npy`` bytes its worker reads back (``digits_from_bytes``)."""
     _check(digits)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{INPUTS_FILE}.{os.getpid()}.tmp"
-    with tmp.open("wb") as out:
-        np.save(out, digits, allow_pickle=False)
-    tmp.replace(folder / INPUTS_FILE)  # a worker never reads half a file
-    return INPUTS_FILE
+    out = io.BytesIO()
+    np.save(out, digits, allow_pickle=False)
+    return out.getvalue()
 
 
-def load_digits(path: Path, count: int) -> np.ndarray:
-    """The ``count`` digits the API stored at ``path``: uint8 (count, 28, 28, 3)."""
-    digits = np.load(path, allow_pickle=False)
+def digits_from_bytes(data: bytes, count: int) -> np.ndarray:
+    """The ``count`` digits the API stored: uint8 (count, 28, 28, 3)."""
+    digits = np.load(io.BytesIO(data), allow_pickle=False)
     _check(digits)
     if digits.shape[0] != count:
-        raise ValueError(f"{path} holds {digits.shape[0]} digits, the job names {count}")
+        raise ValueError(f"the stored inputs hold {digits.shape[0]} digits, the job names {count}")
     return digits
 
 

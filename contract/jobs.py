@@ -237,12 +237,9 @@ class JobPublic(BaseModel):
     error: str | None = Field(None, description="Why the job failed, when `status` is `failed`.")
 
 
-def job_url(job_id: str) -> str:
-    return f"/jobs/{job_id}"
-
-
-def image_link(job_id: str, name: str) -> ImageLink:
-    return ImageLink(name=name, url=f"{job_url(job_id)}/images/{name}")
+def job_url(job_id: str, base_url: str = "") -> str:
+    """The job's URL: a path, or absolute under ``base_url`` (``PUBLIC_BASE_URL``)."""
+    return f"{base_url}/jobs/{job_id}"
 
 
 @dataclass(frozen=True)
@@ -324,13 +321,20 @@ def state_from_meta(meta: dict[str, Any]) -> JobState:
     return JobState(JobStatus.queued)  # PENDING, RECEIVED, RETRY
 
 
-def public_result(job_id: str, kind: JobKind, raw: dict[str, Any]) -> FacesResult | DigitsResult | ClassifyResult:
-    """The worker's result (file names) -> the public result (with URLs)."""
+def public_result(
+    job_id: str, kind: JobKind, raw: dict[str, Any], base_url: str = ""
+) -> FacesResult | DigitsResult | ClassifyResult:
+    """The worker's result (file names) -> the public result (with URLs, absolute under ``base_url`` when given)."""
+    url = job_url(job_id, base_url)
+
+    def link(name: str) -> ImageLink:
+        return ImageLink(name=name, url=f"{url}/images/{name}")
+
     if kind is JobKind.faces:
         return FacesResult(
             **{k: raw[k] for k in ("model", "checkpoint", "n", "seed", "device", "compute_s")},
-            grid=image_link(job_id, raw["grid"]),
-            images=[image_link(job_id, name) for name in raw["images"]],
+            grid=link(raw["grid"]),
+            images=[link(name) for name in raw["images"]],
         )
     if kind is JobKind.digits:
         return DigitsResult(
@@ -340,27 +344,28 @@ def public_result(job_id: str, kind: JobKind, raw: dict[str, Any]) -> FacesResul
             },
             guidance_interval=raw.get("guidance_interval"),
             nfe=raw.get("nfe"),
-            grid=image_link(job_id, raw["grid"]),
-            images=[image_link(job_id, name) for name in raw["images"]],
-            frames=[FrameLink(t=int(t), **image_link(job_id, name).model_dump()) for t, name in raw["frames"].items()],
-            frames_strip=image_link(job_id, raw["frames_strip"]) if raw.get("frames_strip") else None,
-            animation=image_link(job_id, raw["animation"]) if raw.get("animation") else None,
+            grid=link(raw["grid"]),
+            images=[link(name) for name in raw["images"]],
+            frames=[FrameLink(t=int(t), **link(name).model_dump()) for t, name in raw["frames"].items()],
+            frames_strip=link(raw["frames_strip"]) if raw.get("frames_strip") else None,
+            animation=link(raw["animation"]) if raw.get("animation") else None,
         )
     return ClassifyResult(
         **{k: raw[k] for k in ("target", "checkpoint", "device", "compute_s", "predictions")},
-        csv_url=f"{job_url(job_id)}/predictions.csv",
+        csv_url=f"{url}/predictions.csv",
     )
 
 
-def to_public(record: JobRecord, state: JobState) -> JobPublic:
+def to_public(record: JobRecord, state: JobState, base_url: str = "") -> JobPublic:
+    """The job as clients see it (GET /jobs/{id}, webhooks); URLs are absolute under ``base_url`` when given."""
     return JobPublic(
         id=record.id,
         kind=record.kind,
         status=state.status,
-        url=job_url(record.id),
+        url=job_url(record.id, base_url),
         created_at=record.created_at,
         params=record.params,
         progress=state.progress,
-        result=public_result(record.id, record.kind, state.result) if state.result is not None else None,
+        result=public_result(record.id, record.kind, state.result, base_url) if state.result is not None else None,
         error=state.error,
     )

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 
 from api.config import Settings
 from contract.settings import REPO
@@ -93,8 +94,9 @@ def start_services(stack: LocalStack, settings: Settings, env: dict[str, str]) -
         )
     webhooks = stack.start_worker(webhook_worker_spec())
     print(f"celery worker for webhook deliveries (pid {webhooks.pid}): no models")
-    base = stack.start_api(settings.host, settings.port, wait_s=0)
-    print(f"uvicorn (pid {stack.api.pid}) on {settings.host}:{settings.port}", flush=True)  # type: ignore[union-attr]
+    base = stack.start_api(settings.host, settings.port, wait_s=0, processes=settings.api_processes)
+    print(f"uvicorn (pid {stack.api.pid}) on {settings.host}:{settings.port}, "  # type: ignore[union-attr]
+          f"{settings.api_processes} API process(es)", flush=True)  # fmt: skip
     return base
 
 
@@ -111,7 +113,8 @@ def supervised(stack: LocalStack, redis: RedisServer | None, settings: Settings,
         )
         for queue in stack.workers
     ]
-    children.append(Child("API", lambda: stack.api, lambda: stack.start_api(settings.host, settings.port, wait_s=0)))
+    restart_api = partial(stack.start_api, settings.host, settings.port, wait_s=0, processes=settings.api_processes)
+    children.append(Child("API", lambda: stack.api, restart_api))
     if redis is not None:  # same port and data: the others reconnect to the same URL
         children.append(Child("redis-server", lambda: redis.process, redis.start))
     return Supervisor(children)

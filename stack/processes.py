@@ -110,10 +110,11 @@ class RedisServer:
     then survive a crash or restart of the server, losing at most the last second.
     """
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = False) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = False, databases: int = 16) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.persist = persist
+        self.databases = databases
         self.process: subprocess.Popen | None = None
 
     @property
@@ -140,6 +141,7 @@ class RedisServer:
             "--appendonly", "yes" if self.persist else "no",
             "--appendfsync", "everysec",
             "--save", "60 100" if self.persist else "",
+            "--databases", str(self.databases),
         ]  # fmt: skip
         self.process = spawn(args, stdout=subprocess.DEVNULL)
         wait_for(self.ping, timeout, f"redis-server on port {self.port}", alive=lambda: self.process.poll() is None)  # type: ignore[union-attr]

@@ -90,8 +90,11 @@ def webhook_worker_spec() -> WorkerSpec:
     return WorkerSpec(QUEUE_WEBHOOKS, "threads", WEBHOOK_WORKER_THREADS, app="workers.webhook_app", serves_models=False)
 
 
-def api_command(host: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", str(port)]
+def api_command(host: str, port: int, processes: int = 1) -> list[str]:
+    """uvicorn serving the API; with ``processes`` > 1 it forks that many API processes on one port (and
+    restarts one that dies). They share nothing but Redis and the results store, like API replicas on many hosts."""
+    command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", str(port)]
+    return command + (["--workers", str(processes)] if processes > 1 else [])
 
 
 class LocalStack:
@@ -166,10 +169,12 @@ class LocalStack:
             except (RuntimeError, TimeoutError) as err:
                 raise RuntimeError(f"{err}{self._log_tail(f'worker-{queue}')}") from err
 
-    def start_api(self, host: str = "127.0.0.1", port: int | None = None, *, wait_s: float = 60) -> str:
+    def start_api(
+        self, host: str = "127.0.0.1", port: int | None = None, *, wait_s: float = 60, processes: int = 1
+    ) -> str:
         """Start uvicorn; waits up to ``wait_s`` for ``/healthz`` (0: not at all). Returns its base URL."""
         port = port or free_port(host)
-        self.api = self._spawn("api", api_command(host, port), self.env)
+        self.api = self._spawn("api", api_command(host, port, processes), self.env)
         self.base_url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
         if wait_s > 0:
             api = self.api

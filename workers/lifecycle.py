@@ -14,6 +14,8 @@ from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
+from contract.store import ResultStore, make_store
+
 from .batching import MicroBatcher
 from .config import get_settings
 from .heartbeat import Heartbeat
@@ -22,6 +24,7 @@ from .registry import Registry
 _registry: Registry | None = None
 _heartbeat: Heartbeat | None = None
 _batcher: MicroBatcher | None = None
+_store: ResultStore | None = None
 _consumed_queues: tuple[str, ...] = ()  # set at worker_init, inherited by forked pool children
 _lock = threading.Lock()
 
@@ -41,6 +44,15 @@ def get_registry() -> Registry:
             heartbeat.start()
             registry.warm_up(on_warm=heartbeat.beat_soon)
         return _registry
+
+
+def get_store() -> ResultStore:
+    """This process's results store (an S3 client holds its connection pool, so one per process)."""
+    global _store
+    with _lock:
+        if _store is None:
+            _store = make_store(get_settings())
+        return _store
 
 
 def get_batcher() -> MicroBatcher:

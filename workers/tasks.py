@@ -22,7 +22,7 @@ from contract.roles import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, SERVED
 from . import live, runners, webhooks
 from .celery_app import app
 from .config import get_settings
-from .lifecycle import batch_limit, get_batcher, get_registry
+from .lifecycle import batch_limit, get_batcher, get_registry, get_store
 from .storage import JobFiles
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step sp
 
 
 def _files(task: Task) -> JobFiles:
-    return JobFiles(get_settings().results_dir, task.request.id)
+    return JobFiles(get_store(), task.request.id)
 
 
 class WorkerKeptDying(RuntimeError):

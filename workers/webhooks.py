@@ -61,7 +61,7 @@ def enqueue_if_asked(app: Celery, job_id: str, url: str | None) -> None:
         app.send_task(TASK_WEBHOOK, kwargs={"job_id": job_id, "url": url})
 
 
-def payload(client: redis.Redis, app: Celery, job_id: str) -> tuple[str, bytes]:
+def payload(client: redis.Redis, app: Celery, job_id: str, base_url: str = "") -> tuple[str, bytes]:
     """(event type, body): the job as ``GET /jobs/{id}`` shows it, in the Standard Webhooks envelope."""
     raw = client.get(job_key(job_id))
     if raw is None:
@@ -70,7 +70,7 @@ def payload(client: redis.Redis, app: Celery, job_id: str) -> tuple[str, bytes]:
     state = state_from_meta(app.backend.get_task_meta(job_id))
     if not state.finished:
         raise JobNotEnded(f"job {job_id} is still {state.status.value}")
-    job = to_public(record, state).model_dump(mode="json")
+    job = to_public(record, state, base_url).model_dump(mode="json")
     event = f"job.{state.status.value}"
     body = {"type": event, "timestamp": datetime.now(UTC).isoformat(), "data": job}
     return event, json.dumps(body, separators=(",", ":")).encode()
@@ -96,7 +96,7 @@ def deliver(task: Task, *, job_id: str, url: str, settings: WorkerSettings, clie
     """The body of the delivery task; raises ``DeliveryFailed`` for an attempt worth repeating."""
     attempt = task.request.retries + 1
     try:
-        event, body = payload(client, app, job_id)
+        event, body = payload(client, app, job_id, settings.public_base_url)
         status = post(url, body, settings, message_id=f"msg_{job_id}")
     except (JobNotEnded, httpx.TransportError) as err:
         log.warning("webhook of job %s, attempt %d: %s", job_id, attempt, err)

@@ -23,15 +23,12 @@ import os
 import re
 import warnings
 import weakref
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from api.errors import InvalidImage, TooLarge, UnsupportedImage
-from contract.digits import DIGIT_SIZE
-from contract.digits_io import UnsupportedPixels, digit_from_image, save_digits
-from contract.files import INPUTS_DIR
+from contract.digits_io import UnsupportedPixels, digit_from_image
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +103,3 @@ def check_image(name: str, data: bytes, *, max_pixels: int) -> np.ndarray:
             log.info("upload %r rejected: %s: %s", name, type(err).__name__, err)
             raise InvalidImage(f"{name!r} is truncated or corrupt: re-export or re-send the file") from err
     return digit
-
-
-def store_inputs(results_dir: Path, job_id: str, digits: list[np.ndarray]) -> str:
-    """Write a job's checked digits where its worker reads them; returns the file name for the task."""
-    stacked = np.stack(digits) if digits else np.empty((0, DIGIT_SIZE, DIGIT_SIZE, 3), np.uint8)
-    return save_digits(Path(results_dir) / job_id / INPUTS_DIR, stacked)

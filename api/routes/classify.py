@@ -12,11 +12,11 @@ from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep,
 from api.errors import TooLarge
 from api.parsing.params import check_webhook, only_files
 from api.parsing.query_rules import strict_query
-from api.parsing.uploads import check_image, clean_name, decode_slot, store_inputs
+from api.parsing.uploads import check_image, clean_name, decode_slot
 from api.routes.common import error_responses, job_responses
 from api.schemas import ClassifyQuery
 from api.service.idempotency import Idempotency, digest
-from api.service.job_service import job_response, new_job_id
+from api.service.job_service import new_job_id
 from contract.jobs import CLASSIFY_DONE_EXAMPLE, JobKind, JobPublic
 from contract.queues import TASK_CLASSIFY
 from contract.roles import CLASSIFY_ROLES
@@ -91,7 +91,7 @@ async def classify_target_domain(
             digits.append(await run_in_threadpool(check_image, name, data, max_pixels=settings.max_image_pixels))
         names.append(name)
     job_id = new_job_id()
-    stored = await run_in_threadpool(store_inputs, settings.results_dir, job_id, digits)
+    stored = await jobs.files.store_inputs(job_id, digits)
     record = await jobs.submit(
         JobKind.classify,
         TASK_CLASSIFY,
@@ -107,4 +107,4 @@ async def classify_target_domain(
         ),
     )
     state = await jobs.wait(record.id, wait)
-    return job_response(record, state, representation=representation, results_dir=settings.results_dir)
+    return await jobs.response(record, state, representation=representation)

@@ -13,7 +13,6 @@ from api.parsing.query_rules import strict_query
 from api.routes.common import draw_seed, error_responses, job_responses
 from api.schemas import DigitsQuery
 from api.service.idempotency import Idempotency
-from api.service.job_service import job_response
 from contract.digits import NUM_TRAIN_TIMESTEPS
 from contract.jobs import DIGITS_DONE_EXAMPLE, JobKind, JobPublic
 from contract.queues import TASK_DIGITS
@@ -90,4 +89,4 @@ async def generate_digits(
         JobKind.digits, TASK_DIGITS, kwargs=params, params=params, idempotency=idempotency, webhook=query.webhook
     )
     state = await jobs.wait(record.id, wait)
-    return job_response(record, state, representation=representation, results_dir=settings.results_dir)
+    return await jobs.response(record, state, representation=representation)

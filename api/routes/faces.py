@@ -12,7 +12,6 @@ from api.parsing.query_rules import strict_query
 from api.routes.common import draw_seed, error_responses, job_responses
 from api.schemas import FacesQuery
 from api.service.idempotency import Idempotency
-from api.service.job_service import job_response
 from contract.jobs import FACES_DONE_EXAMPLE, JobKind, JobPublic
 from contract.queues import TASK_FACES
 from contract.roles import FACE_ROLES
@@ -53,4 +52,4 @@ async def generate_faces(
         JobKind.faces, TASK_FACES, kwargs=params, params=params, idempotency=idempotency, webhook=query.webhook
     )
     state = await jobs.wait(record.id, wait)
-    return job_response(record, state, representation=representation, results_dir=settings.results_dir)
+    return await jobs.response(record, state, representation=representation)

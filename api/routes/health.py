@@ -5,11 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import RedisDep, WorkersDep
+from api.deps import JobsDep, RedisDep, WorkersDep
 from api.schemas import Health, Readiness, ReadyCheck
-from contract.registration import WorkerRegistration
+from contract.registration import WorkerRegistration, without_paths
 from contract.roles import SERVED_ROLES
+from contract.store import ResultStore
 
 router = APIRouter(tags=["operations"])
 # Apart from ``router`` because it stays open when API keys are on (api.access.keys).
@@ -33,14 +35,15 @@ async def healthz() -> Health:
     response_model=Readiness,
     summary="Readiness: Redis, a worker and its models",
     description=(
-        "`200` when Redis answers, at least one worker process is reporting, and every served model "
+        "`200` when Redis answers, the results store can be used, at least one worker process is reporting, and "
+        "every served model "
         "(faces A and B, digits, classify svhn and usps) is loaded and warmed up (one forward pass done) by "
         "some worker; otherwise `503` with the failing checks and why.\n\n```\ncurl localhost:8000/readyz\n```"
     ),
     responses={503: {"model": Readiness, "description": "Not ready: `checks` says what is missing."}},
 )
-async def readyz(redis: RedisDep, workers: WorkersDep) -> JSONResponse:
-    checks: list[ReadyCheck] = []
+async def readyz(redis: RedisDep, workers: WorkersDep, jobs: JobsDep) -> JSONResponse:
+    checks: list[ReadyCheck] = [await store_check(jobs.files.store)]
     try:
         await redis.ping()
         checks.append(ReadyCheck(name="redis", ok=True, detail="PING answered"))
@@ -60,6 +63,14 @@ async def readyz(redis: RedisDep, workers: WorkersDep) -> JSONResponse:
     checks.append(models_check(live))
     body = Readiness(ready=all(check.ok for check in checks), checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)
+
+
+async def store_check(store: ResultStore) -> ReadyCheck:
+    try:
+        await run_in_threadpool(store.check)
+    except (RuntimeError, OSError) as err:
+        return ReadyCheck(name="store", ok=False, detail=without_paths(str(err)))
+    return ReadyCheck(name="store", ok=True, detail=f"the {store.describe()} can be used")
 
 
 def models_check(live: list[WorkerRegistration]) -> ReadyCheck:

@@ -14,7 +14,7 @@ from api.routes.common import error_responses
 from api.schemas import JobWaitQuery
 from api.service.job_service import predictions_csv
 from contract.files import IMAGE_NAME_RE
-from contract.jobs import JobKind, JobPublic, JobRecord, JobState, JobStatus, to_public
+from contract.jobs import JobKind, JobPublic, JobRecord, JobState, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(strict_query)])
 
@@ -54,7 +54,7 @@ async def get_job(
     wait = wait_seconds(query.wait, settings)
     record = await jobs.get(job_id)
     state = await jobs.wait(job_id, wait) if wait > 0 else await jobs.state(job_id)
-    return to_public(record, state)
+    return jobs.public(record, state)
 
 
 @router.get(
@@ -78,13 +78,10 @@ async def get_image(
     job_id: JobId,
     name: Annotated[str, Path(description="A file name from the job's result.", examples=["grid.png"])],
     jobs: JobsDep,
-    settings: SettingsDep,
 ) -> Response:
     record = await jobs.get(job_id)
-    path = settings.results_dir / record.id / name
-    if IMAGE_NAME_RE.match(name) and path.is_file():
-        # Files are written once, under a fresh id: caches may keep them.
-        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "public, max-age=3600, immutable"})
+    if IMAGE_NAME_RE.match(name) and (image := await jobs.files.response(record.id, name)) is not None:
+        return image
     _require_success(record, await jobs.state(job_id), f"image {name!r}")
     raise FileNotFound(f"job {record.id} has no image {name!r}: GET /jobs/{record.id} lists its images")
 

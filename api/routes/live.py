@@ -13,7 +13,7 @@ from api.deps import EventStreamsDep, JobsDep
 from api.parsing.query_rules import strict_query
 from api.routes.common import error_responses
 from api.routes.jobs import JobId
-from contract.jobs import JOB_RUNNING_EXAMPLE, JobPublic, JobRecord, to_public
+from contract.jobs import JOB_RUNNING_EXAMPLE, JobPublic, JobRecord
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(strict_query)])
 
@@ -104,7 +104,7 @@ async def job_events(
 async def cancel_job(record: Annotated[JobRecord, Depends(existing_job)], jobs: JobsDep) -> JSONResponse:
     await jobs.cancel(record, await jobs.state(record.id))
     state = await jobs.wait(record.id, CANCEL_WAIT_S)
-    public = to_public(record, state)
+    public = jobs.public(record, state)
     if state.finished:
         return JSONResponse(public.model_dump(mode="json"))
     return JSONResponse(public.model_dump(mode="json"), status_code=202, headers={"Location": public.url})

@@ -14,15 +14,15 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 
 from api.errors import (
     BackendUnavailable,
+    FileNotFound,
     IdempotencyKeyReused,
     JobAlreadyFinished,
     JobFailed,
@@ -30,6 +30,7 @@ from api.errors import (
     ModelUnavailable,
     QueueFull,
 )
+from api.service.files import ResultFiles
 from api.service.idempotency import Idempotency
 from api.service.result_listener import ResultListener
 from contract.broker import queue_keys
@@ -37,6 +38,7 @@ from contract.files import JOB_ID_RE
 from contract.jobs import (
     CANCELED_MESSAGE,
     JobKind,
+    JobPublic,
     JobRecord,
     JobState,
     JobStatus,
@@ -73,13 +75,55 @@ def spreadsheet_safe(cell: str) -> str:
 
 class JobService:
     def __init__(
-        self, celery: Celery, redis: Redis, ttl_s: int, *, queue_bounds: dict[str, int] | None = None
+        self,
+        celery: Celery,
+        redis: Redis,
+        ttl_s: int,
+        *,
+        files: ResultFiles,
+        queue_bounds: dict[str, int] | None = None,
+        base_url: str = "",
     ) -> None:
         self.celery = celery
         self.redis = redis
         self.ttl_s = ttl_s
+        self.files = files
         self.queue_bounds = queue_bounds or {}
+        self.base_url = base_url  # PUBLIC_BASE_URL: absolute URLs in job JSON
         self.results = ResultListener(redis, self._result_key("*"))
+
+    def public(self, record: JobRecord, state: JobState) -> JobPublic:
+        """The job as clients see it, with this service's URLs."""
+        return to_public(record, state, self.base_url)
+
+    async def response(self, record: JobRecord, state: JobState, *, representation: str = "json") -> Response:
+        """200 with the result (JSON, the grid PNG or the CSV) when done; 202 with the job's URL otherwise
+        (200 with the job, status ``canceled``, for a job canceled meanwhile)."""
+        raise_if_failed(record, state)
+        public = self.public(record, state)
+        if state.status is JobStatus.canceled:
+            return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})
+        if state.status is not JobStatus.succeeded:
+            return JSONResponse(
+                public.model_dump(mode="json"), status_code=202, headers={"Location": public.url, "Retry-After": "1"}
+            )
+        assert state.result is not None
+        if representation == "png" and "grid" in state.result:
+            grid = state.result["grid"]
+            headers = {"X-Job-Id": record.id, "Content-Location": f"{public.url}/images/{grid}"}
+            if (image := await self.files.response(record.id, grid, headers=headers)) is not None:
+                return image
+            raise FileNotFound(
+                f"job {record.id} succeeded, but its images have been removed (JOB_TTL_SECONDS, RESULTS_MAX_BYTES): "
+                "send the request again without the Idempotency-Key for new ones"
+            )
+        if representation == "csv" and record.kind is JobKind.classify:
+            return Response(
+                predictions_csv(state.result),
+                media_type="text/csv",
+                headers={"X-Job-Id": record.id, "Content-Location": f"{public.url}/predictions.csv"},
+            )
+        return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})
 
     async def submit(
         self,
@@ -249,38 +293,3 @@ def raise_if_failed(record: JobRecord, state: JobState) -> None:
     if state.error_type == "ModelUnavailable":
         raise ModelUnavailable(message)
     raise JobFailed(message)
-
-
-def job_response(
-    record: JobRecord,
-    state: JobState,
-    *,
-    results_dir: Path,
-    representation: str = "json",
-) -> Response:
-    """200 with the result (JSON, the grid PNG or the CSV) when done; 202 with the job's URL otherwise
-    (200 with the job, status ``canceled``, for a job canceled meanwhile)."""
-    raise_if_failed(record, state)
-    public = to_public(record, state)
-    if state.status is JobStatus.canceled:
-        return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})
-    if state.status is not JobStatus.succeeded:
-        return JSONResponse(
-            public.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": public.url, "Retry-After": "1"},
-        )
-    assert state.result is not None
-    if representation == "png" and "grid" in state.result:
-        return FileResponse(
-            results_dir / record.id / state.result["grid"],
-            media_type="image/png",
-            headers={"X-Job-Id": record.id, "Content-Location": f"{public.url}/images/{state.result['grid']}"},
-        )
-    if representation == "csv" and record.kind is JobKind.classify:
-        return Response(
-            predictions_csv(state.result),
-            media_type="text/csv",
-            headers={"X-Job-Id": record.id, "Content-Location": f"{public.url}/predictions.csv"},
-        )
-    return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})

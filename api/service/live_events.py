@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 
 from api.service.job_service import SAFETY_POLL_S, JobService
 from api.service.result_listener import ResultListener
-from contract.jobs import JobRecord, JobState, to_public
+from contract.jobs import JobRecord, JobState
 from contract.keys import EVENTS_CHANNEL_PREFIX, events_channel, events_log_key
 
 
@@ -77,7 +77,7 @@ class JobEventStreams:
                 if event["seq"] > sent:
                     sent = event["seq"]
                     yield self._live_event(event)
-            yield ServerSentEvent(event="done", data=to_public(record, state).model_dump(mode="json"))
+            yield ServerSentEvent(event="done", data=self.jobs.public(record, state).model_dump(mode="json"))
 
     async def _next(
         self, job_id: str, state: JobState, states: asyncio.Queue[bytes], live: asyncio.Queue[bytes]
@@ -107,9 +107,8 @@ class JobEventStreams:
         raw = await self.redis.lrange(events_log_key(job_id), 0, -1)
         return [json.loads(item) for item in raw]
 
-    @staticmethod
-    def _status(record: JobRecord, state: JobState) -> ServerSentEvent:
-        return ServerSentEvent(event="status", data=to_public(record, state).model_dump(mode="json"))
+    def _status(self, record: JobRecord, state: JobState) -> ServerSentEvent:
+        return ServerSentEvent(event="status", data=self.jobs.public(record, state).model_dump(mode="json"))
 
     @staticmethod
     def _live_event(event: dict[str, Any]) -> ServerSentEvent:

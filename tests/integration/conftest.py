@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,20 @@ from .stack import (
     write_plumbing_checkpoints,
 )
 
+# Databases 0-15 are named by hand in older modules; ``redis_db`` hands out the rest.
+_FREE_DBS = itertools.count(16)
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+    with RedisServer(tmp_path_factory.mktemp("redis"), databases=256) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_db(redis_server: RedisServer) -> str:
+    """The URL of a Redis database no other module of this session uses."""
+    return f"redis://127.0.0.1:{redis_server.port}/{next(_FREE_DBS)}"
 
 
 @pytest.fixture(scope="session")

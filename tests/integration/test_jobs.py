@@ -87,7 +87,7 @@ def test_health_readiness_and_metrics(service: Stack) -> None:
     ready = service.client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["ready"] is True
-    assert {c["name"]: c["ok"] for c in ready.json()["checks"]} == {"redis": True, "worker": True, "models": True}
+    assert {c["name"]: c["ok"] for c in ready.json()["checks"]} == {"store": True, "redis": True, "worker": True, "models": True}
     metrics = service.client.get("/metrics")
     assert metrics.status_code == 200
     assert 'http_requests_total{handler="/healthz"' in metrics.text

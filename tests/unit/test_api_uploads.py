@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from api.errors import InvalidImage, TooLarge, UnsupportedImage
-from api.parsing.uploads import MAX_NAME_CHARS, check_image, clean_name, store_inputs
+from api.parsing.uploads import MAX_NAME_CHARS, check_image, clean_name
 from contract.digits import DIGIT_SIZE
 from contract.digits_io import digit_from_image
 from contract.files import INPUTS_FILE
@@ -143,11 +143,16 @@ def test_clean_name(raw: str | None, expected: str) -> None:
 
 
 def test_inputs_are_stored_as_one_small_array(tmp_path: Path) -> None:
+    import asyncio
+
+    from api.service.files import ResultFiles
+    from contract.store import LocalStore
+
     digits = [
         check_image("a.jpg", encode(NOISE, "JPEG"), max_pixels=LIMIT),
         check_image("b.png", encode(NOISE.convert("L")), max_pixels=LIMIT),
     ]
-    assert store_inputs(tmp_path, "f" * 32, digits) == INPUTS_FILE
+    assert asyncio.run(ResultFiles(LocalStore(tmp_path)).store_inputs("f" * 32, digits)) == INPUTS_FILE
     stored = np.load(tmp_path / ("f" * 32) / "inputs" / INPUTS_FILE, allow_pickle=False)
     assert stored.dtype == np.uint8 and stored.shape == (2, DIGIT_SIZE, DIGIT_SIZE, 3)
     assert np.array_equal(stored[1], digits[1])

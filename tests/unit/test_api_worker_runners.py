@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from contract.digits_io import save_digits
+from contract.digits_io import digits_to_bytes
 from contract.files import INPUTS_DIR, INPUTS_FILE
 from contract.roles import SERVED
+from contract.store import LocalStore
 from models.checkpoints import save_model
 from models.dann import DANN
 from models.dcgan import DCGANConfig, Generator
@@ -66,20 +68,20 @@ def test_a_worker_without_checkpoints_says_what_is_missing(tmp_path: Path) -> No
 
 
 def test_faces_are_written_with_a_grid(registry: Registry, tmp_path: Path) -> None:
-    files = JobFiles(tmp_path, JOB)
+    files = JobFiles(LocalStore(tmp_path), JOB)
     result = runners.generate_faces(registry.get("faces:B"), files, variant="B", n=3, seed=4)
     assert result["images"] == ["face_000.png", "face_001.png", "face_002.png"] and result["seed"] == 4
     for name in result["images"]:
-        with Image.open(files.dir / name) as image:
+        with Image.open(tmp_path / JOB / name) as image:
             assert image.size == (64, 64) and image.mode == "RGB"
-    assert not list(files.dir.glob(".*.tmp"))
+    assert not list((tmp_path / JOB).glob(".*.tmp"))
 
 
 def test_digits_follow_labels_report_progress_and_keep_frames(registry: Registry, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     result = runners.generate_digits(
         registry.get("digits"),
-        JobFiles(tmp_path, JOB),
+        JobFiles(LocalStore(tmp_path), JOB),
         labels=[1, 2],
         n=1,
         seed=0,
@@ -98,15 +100,16 @@ def test_digits_follow_labels_report_progress_and_keep_frames(registry: Registry
 def test_ddim_defaults_to_25_steps_and_a_drawn_seed(registry: Registry, tmp_path: Path) -> None:
     model = registry.get("digits")
     with pytest.raises(ValueError, match="steps"):  # the model has only 10 timesteps
-        runners.generate_digits(model, JobFiles(tmp_path, JOB), labels=[0], n=1, seed=None, sampler="ddim")
-    result = runners.generate_digits(model, JobFiles(tmp_path, JOB), labels=[0], n=1, seed=None, steps=2, guidance=1.0)
+        runners.generate_digits(model, JobFiles(LocalStore(tmp_path), JOB), labels=[0], n=1, seed=None, sampler="ddim")
+    result = runners.generate_digits(model, JobFiles(LocalStore(tmp_path), JOB), labels=[0], n=1, seed=None, steps=2, guidance=1.0)
     assert isinstance(result["seed"], int) and result["steps"] == 2 and result["guidance"] == 1.0
 
 
 def test_classify_reads_the_stored_digits(registry: Registry, tmp_path: Path) -> None:
-    files = JobFiles(tmp_path, JOB)
+    files = JobFiles(LocalStore(tmp_path), JOB)
     digits = np.stack([np.full((28, 28, 3), (i * 50, 0, 0), np.uint8) for i in range(3)])
-    stored = save_digits(files.dir / INPUTS_DIR, digits)
+    files.store.put(JOB, f"{INPUTS_DIR}/{INPUTS_FILE}", digits_to_bytes(digits))
+    stored = INPUTS_FILE
     result = runners.classify_digits(
         registry.get("classify:usps"), files, target="usps", inputs=stored, names=["a", "b", "c"]
     )
@@ -116,16 +119,16 @@ def test_classify_reads_the_stored_digits(registry: Registry, tmp_path: Path) ->
     expected = registry.get("classify:usps").pipeline(torch.from_numpy(digits).permute(0, 3, 1, 2) / 255.0)
     for row, probabilities in zip(result["predictions"], expected.probabilities.tolist(), strict=True):
         assert max(abs(p - q) for p, q in zip(row["probabilities"], probabilities)) < 1e-5
-    with pytest.raises(ValueError, match="holds 3 digits"):
+    with pytest.raises(ValueError, match="hold 3 digits"):
         runners.classify_digits(registry.get("classify:usps"), files, target="usps", inputs=stored, names=["x"])
-    with pytest.raises(FileNotFoundError, match="RESULTS_DIR"):
+    with pytest.raises(FileNotFoundError, match="RESULTS_STORE"):
         runners.classify_digits(registry.get("classify:usps"), files, target="usps", inputs="gone.npy", names=["x"])
 
 
 def test_job_folders_are_named_by_job_id_only(tmp_path: Path) -> None:
     for bad in ("../etc", "ABC", "a" * 33, ""):
         with pytest.raises(ValueError):
-            JobFiles(tmp_path, bad)
+            JobFiles(LocalStore(tmp_path), bad)
 
 
 def test_a_worker_loads_only_the_models_of_its_queues(registry: Registry, tmp_path: Path) -> None:
@@ -145,7 +148,7 @@ def test_a_worker_loads_only_the_models_of_its_queues(registry: Registry, tmp_pa
 
 
 def _pixels(files: JobFiles, names: list[str]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.array(Image.open(files.dir / name))) for name in names]).int()
+    return torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(files.store.get(files.job_id, name))))) for name in names]).int()
 
 
 def _concurrently(jobs: list, batcher: MicroBatcher) -> list[dict]:
@@ -170,13 +173,13 @@ def test_batched_faces_are_the_faces_of_each_seed_alone(registry: Registry, tmp_
     model = registry.get("faces:B")
     seeds, sizes = [3, 4, 5, 6], [1, 2, 1, 3]
     alone = [
-        runners.generate_faces(model, JobFiles(tmp_path / "alone", f"{i:032x}"), variant="B", n=n, seed=seed)
+        runners.generate_faces(model, JobFiles(LocalStore(tmp_path / "alone"), f"{i:032x}"), variant="B", n=n, seed=seed)
         for i, (seed, n) in enumerate(zip(seeds, sizes))
     ]
     batcher = MicroBatcher(max_wait_s=2.0)
     jobs = [
         lambda b, i=i, seed=seed, n=n: runners.generate_faces(
-            model, JobFiles(tmp_path / "batched", f"{i:032x}"), variant="B", n=n, seed=seed, batcher=b, max_batch=64
+            model, JobFiles(LocalStore(tmp_path / "batched"), f"{i:032x}"), variant="B", n=n, seed=seed, batcher=b, max_batch=64
         )
         for i, (seed, n) in enumerate(zip(seeds, sizes))
     ]
@@ -186,16 +189,22 @@ def test_batched_faces_are_the_faces_of_each_seed_alone(registry: Registry, tmp_
     assert all(r["batch"] == {"requests": 1, "images": n} for r, n in zip(alone, sizes))
     for i, (one, many) in enumerate(zip(alone, batched)):
         assert one["images"] == many["images"] and one["seed"] == many["seed"]
-        a = _pixels(JobFiles(tmp_path / "alone", f"{i:032x}"), one["images"])
-        b = _pixels(JobFiles(tmp_path / "batched", f"{i:032x}"), many["images"])
+        a = _pixels(JobFiles(LocalStore(tmp_path / "alone"), f"{i:032x}"), one["images"])
+        b = _pixels(JobFiles(LocalStore(tmp_path / "batched"), f"{i:032x}"), many["images"])
         assert (a - b).abs().max() <= 1
 
 
-def test_a_one_face_grid_is_the_face_itself(registry: Registry, tmp_path: Path) -> None:
-    files = JobFiles(tmp_path, JOB)
+def test_a_one_face_grid_is_the_face_itself(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import storage
+
+    encodes = []
+    monkeypatch.setattr(storage, "png_bytes", lambda image, real=storage.png_bytes: encodes.append(1) or real(image))
+    files = JobFiles(LocalStore(tmp_path), JOB)
     runners.generate_faces(registry.get("faces:A"), files, variant="A", n=1, seed=1)
-    assert (files.dir / "grid.png").read_bytes() == (files.dir / "face_000.png").read_bytes()
-    assert (files.dir / "grid.png").stat().st_ino == (files.dir / "face_000.png").stat().st_ino  # one encode
+    assert files.store.get(JOB, "grid.png") == files.store.get(JOB, "face_000.png")
+    assert len(encodes) == 1  # the grid is the face's PNG under a second name, not a second encode
 
 
 def test_batched_classification_is_each_request_alone(registry: Registry, tmp_path: Path) -> None:
@@ -204,11 +213,11 @@ def test_batched_classification_is_each_request_alone(registry: Registry, tmp_pa
     counts = [1, 3, 2, 5]
     for i, count in enumerate(counts):
         pixels = (torch.rand(count, 28, 28, 3, generator=generator) * 255).to(torch.uint8).numpy()
-        save_digits(JobFiles(tmp_path, f"{i:032x}").dir / INPUTS_DIR, pixels)
+        LocalStore(tmp_path).put(f"{i:032x}", f"{INPUTS_DIR}/{INPUTS_FILE}", digits_to_bytes(pixels))
 
     def job(i: int, batcher: MicroBatcher | None) -> dict:
         names = [f"{k}.png" for k in range(counts[i])]
-        files = JobFiles(tmp_path, f"{i:032x}")
+        files = JobFiles(LocalStore(tmp_path), f"{i:032x}")
         return runners.classify_digits(
             model, files, target="svhn", inputs=INPUTS_FILE, names=names, batcher=batcher, max_batch=64, chunk=4
         )

@@ -14,8 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from contract.digits import DIGIT_SIZE
-from contract.digits_io import UnsupportedPixels, digit_from_image, load_digits, save_digits
-from contract.files import INPUTS_FILE
+from contract.digits_io import UnsupportedPixels, digit_from_image, digits_from_bytes, digits_to_bytes
 
 SIZE = (40, 48)  # not square, so an orientation mix-up shows
 
@@ -203,18 +202,18 @@ def test_an_mpo_uses_its_first_picture(ink: list[np.ndarray]) -> None:
 # -- what the API stores and the worker reads -----------------------------------------------------------------
 
 
-def test_digits_round_trip_through_the_inputs_file(tmp_path: Path) -> None:
+def test_digits_round_trip_through_the_inputs_bytes() -> None:
     digits = np.random.default_rng(0).integers(0, 256, (3, DIGIT_SIZE, DIGIT_SIZE, 3), dtype=np.uint8)
-    assert save_digits(tmp_path, digits) == INPUTS_FILE
-    assert [p.name for p in tmp_path.iterdir()] == [INPUTS_FILE]  # no temporary file left
-    assert np.array_equal(load_digits(tmp_path / INPUTS_FILE, 3), digits)
-    with pytest.raises(ValueError, match="holds 3 digits"):
-        load_digits(tmp_path / INPUTS_FILE, 4)
+    data = digits_to_bytes(digits)
+    assert np.array_equal(digits_from_bytes(data, 3), digits)
+    with pytest.raises(ValueError, match="hold 3 digits"):
+        digits_from_bytes(data, 4)
     with pytest.raises(ValueError, match="uint8"):
-        save_digits(tmp_path, digits.astype(np.float32))
-    np.save(tmp_path / "wrong.npy", digits[:, :14])
+        digits_to_bytes(digits.astype(np.float32))
+    wrong = io.BytesIO()
+    np.save(wrong, digits[:, :14])
     with pytest.raises(ValueError, match="28, 28, 3"):
-        load_digits(tmp_path / "wrong.npy", 3)
+        digits_from_bytes(wrong.getvalue(), 3)
 
 
 def test_the_digit_size_is_the_models_input_size() -> None:

@@ -1,4 +1,5 @@
-"""RESULTS_DIR stays bounded: expired job folders go, and past RESULTS_MAX_BYTES the oldest whole folders go first."""
+"""The results store stays bounded: expired jobs go, and past RESULTS_MAX_BYTES the oldest whole jobs go first
+(here on the local store; tests/integration/test_s3_store.py runs the same rules on an S3 server)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from api.config import Settings
-from api.operations.retention import FolderSizes, ResultsJanitor, job_folders, prune_expired, trim_to_quota
+from api.operations.retention import ResultsJanitor, prune_expired, trim_to_quota
 from contract.files import INPUTS_DIR
+from contract.store import LocalStore
 
 HOUR = 3600.0
 
@@ -34,34 +36,34 @@ def test_over_the_quota_the_oldest_whole_folders_go_first(tmp_path: Path) -> Non
     stranger.mkdir()
     (stranger / "keep.bin").write_bytes(b"x" * 10_000)
 
-    trimmed = trim_to_quota(tmp_path, 3500)
+    trimmed = trim_to_quota(LocalStore(tmp_path), 3500)
     assert (trimmed.removed, trimmed.freed, trimmed.total, trimmed.over) == (3, 3000, 3000, False)
     assert [f.exists() for f in folders] == [False, False, False, True, True, True]
     assert (stranger / "keep.bin").exists()  # only job folders are counted and removed
-    assert trim_to_quota(tmp_path, 3500).removed == 0  # under the quota: nothing more
+    assert trim_to_quota(LocalStore(tmp_path), 3500).removed == 0  # under the quota: nothing more
 
 
 def test_folders_younger_than_the_grace_period_stay_even_over_the_quota(tmp_path: Path) -> None:
     old = job(tmp_path, 1, bytes_=1000, age_s=2 * HOUR)
     young = [job(tmp_path, n, bytes_=1000, age_s=60) for n in (2, 3)]
-    trimmed = trim_to_quota(tmp_path, 500, keep_younger_than_s=600)
+    trimmed = trim_to_quota(LocalStore(tmp_path), 500, keep_younger_than_s=600)
     assert not old.exists() and all(f.exists() for f in young)
     assert trimmed.over and trimmed.total == 2000
 
 
 def test_sizes_are_measured_again_when_a_folder_changes(tmp_path: Path) -> None:
     folder = job(tmp_path, 1, bytes_=100, age_s=HOUR)
-    sizes = FolderSizes()
-    assert [j.bytes for j in job_folders(tmp_path, sizes)] == [100]
+    store = LocalStore(tmp_path)
+    assert [j.bytes for j in store.jobs()] == [100]
     (folder / INPUTS_DIR).mkdir()
     (folder / INPUTS_DIR / "digits.npy").write_bytes(b"x" * 50)
-    assert [j.bytes for j in job_folders(tmp_path, sizes)] == [150]
+    assert [j.bytes for j in store.jobs()] == [150]
 
 
 def test_the_janitor_expires_and_trims_in_one_sweep(tmp_path: Path) -> None:
     expired = job(tmp_path, 1, bytes_=10, age_s=30 * HOUR)
     old, new = job(tmp_path, 2, bytes_=800, age_s=5 * HOUR), job(tmp_path, 3, bytes_=800, age_s=2 * HOUR)
-    sweep = ResultsJanitor(tmp_path, ttl_s=24 * HOUR, max_bytes=1000, every_s=60, grace_s=600).sweep()
+    sweep = ResultsJanitor(LocalStore(tmp_path), ttl_s=24 * HOUR, max_bytes=1000, every_s=60, grace_s=600).sweep()
     assert (sweep.expired, sweep.trimmed, sweep.freed, sweep.total) == (1, 1, 800, 800)
     assert not expired.exists() and not old.exists() and new.exists()
 
@@ -92,7 +94,7 @@ def test_the_api_sweeps_in_the_background_with_no_worker_up(tmp_path: Path) -> N
 
 
 def test_a_failing_sweep_does_not_stop_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    janitor = ResultsJanitor(tmp_path, ttl_s=HOUR, max_bytes=1, every_s=0.01)
+    janitor = ResultsJanitor(LocalStore(tmp_path), ttl_s=HOUR, max_bytes=1, every_s=0.01)
     calls = []
 
     def flaky() -> None:
@@ -125,5 +127,5 @@ def test_prune_removes_expired_job_folders_only(tmp_path: Path) -> None:
     past = time.time() - 7200
     os.utime(old, (past, past))
     os.utime(other, (past, past))
-    assert prune_expired(tmp_path, older_than_s=3600) == 1
+    assert prune_expired(LocalStore(tmp_path), older_than_s=3600) == 1
     assert not old.exists() and new.exists() and other.exists()
