@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_fastapi_instrumentator import Instrumentator
 from redis.asyncio import Redis
 
-from api import errors
+from api import errors, openapi
 from api.access import keys as security
 from api.access.rate_limits import RateLimiter
 from api.config import Settings
@@ -27,7 +27,6 @@ from api.middleware import BodySizeLimit
 from api.operations.live_workers import LiveWorkers
 from api.operations.metrics import ServiceCollector
 from api.operations.retention import ResultsJanitor
-from api.parsing.query_rules import document_settings
 from api.routes import classify, digits, faces, health, jobs, live, models, playground
 from api.routes.common import error_responses
 from api.service.files import ResultFiles
@@ -163,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(playground.STATIC_PREFIX, playground.static_files(), name="playground")
     app.include_router(health.router, dependencies=guards, responses=guarded)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    document_settings(app, settings)
     security.install(app, settings)
+    openapi.install(app, settings)
     _metrics(app, guards, guarded)
     return app

@@ -37,7 +37,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.access.rate_limits import WRITE_METHODS, key_id, rate_limit
 from api.config import Settings
 from api.errors import ForeignOrigin, Unauthenticated, service_error_response
-from api.routes.common import error_responses
 
 API_KEY_HEADER = "X-API-Key"
 HOW_TO_SEND = f"send it in the {API_KEY_HEADER} header (or as Authorization: Bearer <key>)"
@@ -139,41 +138,9 @@ class OriginGuard:
         await self.app(scope, receive, send)
 
 
-def _document_origin_refusals(app: FastAPI) -> None:
-    """Adds the guard's 403 to every state-changing operation of the OpenAPI schema.
-
-    The guard is middleware and knows no routes; by method, the docs stay right for
-    any POST a router adds later. (FastAPI's documented way: wrap ``app.openapi``.)
-    """
-    build = app.openapi
-    doc = error_responses(403)[403]
-    response = {
-        "description": doc["description"],
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/ErrorBody"},
-                "example": doc["content"]["application/json"]["example"],
-            }
-        },
-    }
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        for operations in schema.get("paths", {}).values():
-            for method, operation in operations.items():
-                if method.upper() in WRITE_METHODS:
-                    operation.setdefault("responses", {}).setdefault("403", response)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
 def install(app: FastAPI, settings: Settings) -> None:
     """The origin guard, and CORS for ``CORS_ALLOW_ORIGINS`` (outermost, so preflights are answered first)."""
     app.add_middleware(OriginGuard, allow_origins=settings.cors_allow_origins)
-    _document_origin_refusals(app)
     if settings.cors_allow_origins:
         app.add_middleware(
             CORSMiddleware,

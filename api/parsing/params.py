@@ -63,7 +63,7 @@ def query_view(model: type[BaseModel]) -> type[BaseModel]:
 
 def json_body_doc(model: type[BaseModel]) -> dict[str, Any]:
     """The optional ``application/json`` request body of a route whose parameters are ``model``
-    (for the route's ``openapi_extra``; ``api.parsing.query_rules.document_settings`` puts this server's
+    (for the route's ``openapi_extra``; ``api.openapi.document_settings`` puts this server's
     limits into it as into the query parameters)."""
     schema = model.model_json_schema(mode="validation")
     schema["description"] = (

@@ -22,8 +22,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
-from api.config import Settings
-
 # JSON's number grammar: no sign but minus, no leading zeros, no "_", no spaces, no hex, no inf/nan.
 _INTEGER = re.compile(r"-?(0|[1-9][0-9]*)")
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
@@ -118,97 +116,3 @@ async def strict_query(request: Request) -> None:
     problems = query_problems(request.query_params.multi_items(), declared)
     if problems:
         raise RequestValidationError(problems)
-
-
-def document_settings(app: FastAPI, settings: Settings) -> None:
-    """Put the limits this server enforces from its settings into its OpenAPI schema.
-
-    The query models are declared once, at import; the limits are the running
-    server's (``MAX_WAIT_S``, ``MAX_FILES``, ``MAX_DIGIT_IMAGES``). FastAPI's
-    documented way to change the generated schema is to wrap ``app.openapi``.
-    """
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        for path, operations in schema.get("paths", {}).items():
-            for operation in operations.values():
-                for param in operation.get("parameters", []):
-                    _drop_null(param["schema"])
-                    if param.get("in") != "query":
-                        continue
-                    if param["name"] == "wait":
-                        _set_maximum(param["schema"], settings.max_wait_s)
-                    elif param["name"] == "webhook":
-                        _set_webhook_example(param["schema"], settings)
-                    elif param["name"] == "n" and path == "/generate/digits":
-                        _set_maximum(param["schema"], settings.max_digit_images)
-                body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-                if body is not None:  # the same parameters as a JSON body (api.parsing.params): the same limits
-                    properties = body.get("properties", {})
-                    if "wait" in properties:
-                        _set_maximum(properties["wait"], settings.max_wait_s)
-                    if "n" in properties and path == "/generate/digits":
-                        _set_maximum(properties["n"], settings.max_digit_images)
-                    if "webhook" in properties:
-                        _set_webhook_example(properties["webhook"], settings)
-            for operation in operations.values():
-                files = _upload_field(schema, operation)
-                if files is not None:
-                    files["minItems"], files["maxItems"] = 1, settings.max_files
-                    # Not empty, at most MAX_FILE_BYTES, and a PNG or JPEG (else 422, 413, 415).
-                    files["items"].update(minLength=1, maxLength=settings.max_file_bytes)
-                    multipart = operation["requestBody"]["content"]["multipart/form-data"]
-                    multipart["encoding"] = {"files": {"contentType": "image/png, image/jpeg"}}
-                    # Only the files: any other form field is refused (api.parsing.params.only_files).
-                    _multipart_body(schema, operation)["additionalProperties"] = False
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _drop_null(schema: dict[str, Any]) -> None:
-    """``int | None`` -> ``integer``: a parameter is absent or has a value; a query string has no null."""
-    options = schema.get("anyOf")
-    if not options or {"type": "null"} not in options:
-        return
-    rest = [option for option in options if option != {"type": "null"}]
-    if len(rest) == 1:
-        del schema["anyOf"]
-        schema.update(rest[0])
-    else:
-        schema["anyOf"] = rest
-
-
-def _multipart_body(schema: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any]:
-    """The schema of an operation's multipart body (``{}`` when it has none)."""
-    body = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {}).get("schema", {})
-    ref = body.get("$ref", "")
-    if ref.startswith("#/components/schemas/"):
-        body = schema.get("components", {}).get("schemas", {}).get(ref.rsplit("/", 1)[1], {})
-    return body
-
-
-def _upload_field(schema: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any] | None:
-    """The schema of an operation's multipart ``files`` field (a list of binary files), if it has one."""
-    files = _multipart_body(schema, operation).get("properties", {}).get("files")
-    return files if files is not None and files.get("type") == "array" else None
-
-
-def _set_webhook_example(schema: dict[str, Any], settings: Settings) -> None:
-    """A webhook URL this server would call (one of WEBHOOK_ALLOWED_HOSTS), so /docs's example works."""
-    if not settings.webhook_allowed_hosts:
-        return
-    host = sorted(settings.webhook_allowed_hosts)[0]
-    schema["examples"] = [f"https://{f'[{host}]' if ':' in host else host}/genserve"]
-
-
-def _set_maximum(schema: dict[str, Any], maximum: float) -> None:
-    for option in schema.get("anyOf", [schema]):
-        if option.get("type") in ("integer", "number"):
-            value = int(maximum) if option["type"] == "integer" else maximum
-            # The model's own bound stays when it is the tighter one.
-            option["maximum"] = min(option.get("maximum", value), value)
