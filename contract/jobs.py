@@ -25,6 +25,11 @@ Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
 CANCELED_ERROR = "JobCanceled"
 _JOB_ID = "9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a"  # the examples' job
 
+
+def _link(name: str) -> dict[str, str]:
+    return {"name": name, "url": f"/jobs/{_JOB_ID}/images/{name}"}
+
+
 CANCELED_MESSAGE = "the job was canceled (POST /jobs/{id}/cancel) before it finished"
 
 
@@ -129,10 +134,10 @@ FACES_DONE_EXAMPLE = {
         "seed": 42,
         "device": "cpu",
         "compute_s": 0.05,
-        "grid": {"name": GRID_NAME, "url": f"/jobs/{_JOB_ID}/images/{GRID_NAME}"},
+        "grid": _link(GRID_NAME),
         "images": [
-            {"name": "face_000.png", "url": f"/jobs/{_JOB_ID}/images/face_000.png"},
-            {"name": "face_001.png", "url": f"/jobs/{_JOB_ID}/images/face_001.png"},
+            _link("face_000.png"),
+            _link("face_001.png"),
         ],
     },
     "error": None,
@@ -172,16 +177,16 @@ DIGITS_DONE_EXAMPLE = {
         "nfe": 9,
         "device": "cpu",
         "compute_s": 1.9,
-        "grid": {"name": GRID_NAME, "url": f"/jobs/{_JOB_ID}/images/{GRID_NAME}"},
+        "grid": _link(GRID_NAME),
         "images": [
-            {"name": "3_001.png", "url": f"/jobs/{_JOB_ID}/images/3_001.png"},
-            {"name": "3_002.png", "url": f"/jobs/{_JOB_ID}/images/3_002.png"},
+            _link("3_001.png"),
+            _link("3_002.png"),
         ],
         "frames": [
-            {"t": t, "name": frame_name(t), "url": f"/jobs/{_JOB_ID}/images/{frame_name(t)}"}
+            {"t": t, **_link(frame_name(t))}
             for t in FRAME_TIMESTEPS
         ],
-        "frames_strip": {"name": FRAMES_STRIP_NAME, "url": f"/jobs/{_JOB_ID}/images/{FRAMES_STRIP_NAME}"},
+        "frames_strip": _link(FRAMES_STRIP_NAME),
     },
 }
 CLASSIFY_DONE_EXAMPLE = {

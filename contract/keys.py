@@ -6,6 +6,8 @@ find the same names; a test keeps other modules from spelling one out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 PREFIX = "genserve:"
 
 # Worker registry: a sorted set of worker ids scored by the unix time their
@@ -32,25 +34,16 @@ TASK_METRICS_KEY = PREFIX + "metrics:tasks"
 RATE_LIMIT_PREFIX = PREFIX + "ratelimit"
 
 
-def worker_key(worker_id: str) -> str:
-    return WORKER_KEY_PREFIX + worker_id
+def _under(prefix: str) -> Callable[[str], str]:
+    def key(name: str) -> str:
+        return prefix + name
+
+    return key
 
 
-def job_key(job_id: str) -> str:
-    return JOB_KEY_PREFIX + job_id
-
-
-def deliveries_key(job_id: str) -> str:
-    return DELIVERIES_KEY_PREFIX + job_id
-
-
-def cancel_key(job_id: str) -> str:
-    return CANCEL_KEY_PREFIX + job_id
-
-
-def events_channel(job_id: str) -> str:
-    return EVENTS_CHANNEL_PREFIX + job_id
-
-
-def events_log_key(job_id: str) -> str:
-    return EVENTS_LOG_PREFIX + job_id
+worker_key = _under(WORKER_KEY_PREFIX)
+job_key = _under(JOB_KEY_PREFIX)
+deliveries_key = _under(DELIVERIES_KEY_PREFIX)
+cancel_key = _under(CANCEL_KEY_PREFIX)
+events_channel = _under(EVENTS_CHANNEL_PREFIX)
+events_log_key = _under(EVENTS_LOG_PREFIX)

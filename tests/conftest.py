@@ -65,19 +65,22 @@ def _answers(url: str) -> bool:
 S3_CREDENTIALS = {"S3_ACCESS_KEY_ID": "test-key", "S3_SECRET_ACCESS_KEY": "test-secret", "S3_REGION": "us-east-1"}
 
 
-@pytest.fixture
-def s3_bucket(s3_endpoint: str) -> str:
-    """A fresh, empty bucket on ``s3_endpoint`` for one test."""
-    import uuid
-
+def create_bucket(endpoint: str, name: str) -> str:
     import boto3
 
-    name = f"genserve-{uuid.uuid4().hex[:12]}"
     boto3.client(
         "s3",
-        endpoint_url=s3_endpoint,
+        endpoint_url=endpoint,
         region_name=S3_CREDENTIALS["S3_REGION"],
         aws_access_key_id=S3_CREDENTIALS["S3_ACCESS_KEY_ID"],
         aws_secret_access_key=S3_CREDENTIALS["S3_SECRET_ACCESS_KEY"],
     ).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on ``s3_endpoint`` for one test."""
+    import uuid
+
+    return create_bucket(s3_endpoint, f"genserve-{uuid.uuid4().hex[:12]}")

@@ -26,7 +26,7 @@ from PIL import Image
 from contract.digits import FRAME_TIMESTEPS
 from stack.processes import free_port, http_ok, spawn, stop, wait_for
 from stack.services import LocalStack, api_command, webhook_worker_spec, worker_specs
-from tests.conftest import S3_CREDENTIALS
+from tests.conftest import S3_CREDENTIALS, create_bucket
 
 from .stack import OPEN_ACCESS
 
@@ -52,17 +52,8 @@ def _local_path(url: str) -> str:
 def hosts(
     redis_db: str, s3_endpoint: str, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TwoHosts]:
-    import boto3
-
     root = tmp_path_factory.mktemp("two-hosts")
-    bucket = "two-hosts"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name=S3_CREDENTIALS["S3_REGION"],
-        aws_access_key_id=S3_CREDENTIALS["S3_ACCESS_KEY_ID"],
-        aws_secret_access_key=S3_CREDENTIALS["S3_SECRET_ACCESS_KEY"],
-    ).create_bucket(Bucket=bucket)
+    bucket = create_bucket(s3_endpoint, "two-hosts")
     shared = {
         **os.environ,
         **{k.upper(): str(v) for k, v in OPEN_ACCESS.items()},
