@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -40,7 +41,7 @@ from contract.digits import DIGIT_SIZE
 from contract.digits_io import digit_from_image
 from contract.queues import QUEUE_SMALL
 from stack.processes import RedisServer
-from stack.services import LocalStack, worker_specs
+from stack.services import LocalStack, WorkerSpec, worker_specs
 
 from .common import stack_env
 from .service import finished, usps_path
@@ -172,12 +173,8 @@ def _classify(client: httpx.Client, pngs: list[bytes], prefix: str) -> dict[str,
     return finished(client, client.post("/classify/target-domain", params={"target": "usps", **WAIT}, files=files))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    count, side = args.memory_images, args.memory_side
-    started = time.perf_counter()
-    large, small, source, worst = uploads(count, side, args.data_source)
-    body = sum(len(data) for data in large)
-    print(f"  {count} PNGs of {side}x{side}: {body / 2**20:.1f} MiB on the wire ({time.perf_counter() - started:.1f} s to make)")
+def _raised_limits(count: int, side: int, body: int) -> dict[str, str]:
+    """The API's request limits, as environment variables, that this request would exceed by default."""
     defaults = Settings(_env_file=None)
     limits: dict[str, str] = {}
     # Multipart framing adds a few hundred bytes per file.
@@ -187,6 +184,101 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         limits["MAX_FILES"] = str(count)
     if side * side > defaults.max_image_pixels:
         limits["MAX_IMAGE_PIXELS"] = str(side * side)
+    return limits
+
+
+@dataclass
+class Measured:
+    """What the stack gave: each process's memory before and after the large request, the private peak
+    sampled during it, its seconds, and the finished jobs of the large uploads and of their 28x28 reference."""
+
+    before: dict[str, dict[str, float]]
+    after: dict[str, dict[str, float]]
+    private_peak: dict[str, int]
+    seconds: float
+    job: dict[str, Any]
+    reference: dict[str, Any]
+
+
+def _measure_on(stack: LocalStack, spec: WorkerSpec, large: list[bytes], small: list[bytes]) -> Measured:
+    """Start the API and the small-model worker on ``stack``, warm them, and measure the large request."""
+    worker = stack.start_worker(spec)
+    base_url = stack.start_api()
+    stack.wait_for_workers([QUEUE_SMALL])
+    assert stack.api is not None
+    with httpx.Client(base_url=base_url, timeout=900) as client:
+        _classify(client, small[:1], "warm-up-")  # first-request imports and buffers
+        before = {"api": memory(stack.api.pid), "worker": memory(worker.pid)}
+        sent = time.perf_counter()
+        with AnonPeak({"api": stack.api.pid, "worker": worker.pid}) as anon:
+            job = _classify(client, large, "")
+        seconds = time.perf_counter() - sent
+        after = {"api": memory(stack.api.pid), "worker": memory(worker.pid)}
+        reference = _classify(client, small, "small-")
+    return Measured(before, after, anon.peak, seconds, job, reference)
+
+
+def _print_logs(root: Path) -> None:
+    for log in sorted(root.glob("logs/*.log")):
+        print(f"--- {log.name} (last lines) ---\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def _measure(
+    args: argparse.Namespace, spec: WorkerSpec, limits: dict[str, str], large: list[bytes], small: list[bytes]
+) -> Measured:
+    """The measurement on a stack of its own (redis-server, the worker, the API) in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        root = Path(tmp)
+        with RedisServer(root / "redis") as redis_server:
+            env = stack_env(
+                args, root, MAX_WAIT_S=str(WAIT["wait"]), REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", **limits
+            )
+            with LocalStack(env, log_dir=root / "logs", name_prefix="bench-memory-") as stack:
+                try:
+                    return _measure_on(stack, spec, large, small)
+                except Exception:
+                    _print_logs(root)
+                    raise
+
+
+def _labels(job: dict[str, Any]) -> list[int]:
+    return [p["label"] for p in job["result"]["predictions"]]
+
+
+def _process_row(measured: Measured, name: str) -> dict[str, Any]:
+    before, after = measured.before[name], measured.after[name]
+    return {
+        "peak_before_mb": before["peak_mb"],
+        "peak_after_mb": after["peak_mb"],
+        "rss_before_mb": before["rss_mb"],
+        "rss_after_mb": after["rss_mb"],
+        "private_before_mb": before["anon_mb"],
+        "private_peak_mb": _mb(measured.private_peak[name]),
+        "processes": after["processes"],
+        "below_target": after["peak_mb"] < TARGET_MB,
+    }
+
+
+def _print_summary(result: dict[str, Any], count: int, seconds: float, agree: int, worst: int) -> None:
+    print(f"\n{'process':8s} {'peak before':>12s} {'peak after':>11s} {'rss after':>10s} {'private before':>15s} "
+          f"{'private peak':>13s}   (MB; target: peak < {TARGET_MB})")
+    for name in ("api", "worker"):
+        row = result[name]
+        print(f"{name:8s} {row['peak_before_mb']:12.1f} {row['peak_after_mb']:11.1f} {row['rss_after_mb']:10.1f} "
+              f"{row['private_before_mb']:15.1f} {row['private_peak_mb']:13.1f}")
+    print(f"one request of {count} images: {seconds:.1f} s; labels agree with the whole-image decode for "
+          f"{agree}/{count} (28x28 inputs differ by at most {worst}/255); a process that only imports torch: "
+          f"{result['torch_import_mb']} MB")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    count, side = args.memory_images, args.memory_side
+    started = time.perf_counter()
+    large, small, source, worst = uploads(count, side, args.data_source)
+    body = sum(len(data) for data in large)
+    print(f"  {count} PNGs of {side}x{side}: {body / 2**20:.1f} MiB on the wire "
+          f"({time.perf_counter() - started:.1f} s to make)")
+    limits = _raised_limits(count, side, body)
     if limits:
         print(f"  raised for this stack: {limits}")
     spec = next(s for s in worker_specs(torch_threads=args.threads) if s.queue == QUEUE_SMALL)
@@ -202,53 +294,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_mb": TARGET_MB,
         }
     }
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        root = Path(tmp)
-        with RedisServer(root / "redis") as redis_server:
-            env = stack_env(
-                args, root, MAX_WAIT_S=str(WAIT["wait"]), REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0", **limits
-            )
-            with LocalStack(env, log_dir=root / "logs", name_prefix="bench-memory-") as stack:
-                try:
-                    worker = stack.start_worker(spec)
-                    base_url = stack.start_api()
-                    stack.wait_for_workers([QUEUE_SMALL])
-                    assert stack.api is not None
-                    with httpx.Client(base_url=base_url, timeout=900) as client:
-                        _classify(client, small[:1], "warm-up-")  # first-request imports and buffers
-                        before = {"api": memory(stack.api.pid), "worker": memory(worker.pid)}
-                        sent = time.perf_counter()
-                        with AnonPeak({"api": stack.api.pid, "worker": worker.pid}) as anon:
-                            job = _classify(client, large, "")
-                        seconds = time.perf_counter() - sent
-                        after = {"api": memory(stack.api.pid), "worker": memory(worker.pid)}
-                        reference = _classify(client, small, "small-")
-                except Exception:
-                    for log in sorted(root.glob("logs/*.log")):
-                        print(f"--- {log.name} (last lines) ---\n{log.read_text(errors='replace')[-2000:]}")
-                    raise
-    labels = [p["label"] for p in job["result"]["predictions"]]
-    expected = [p["label"] for p in reference["result"]["predictions"]]
-    agree = sum(a == b for a, b in zip(labels, expected, strict=True))
-    result["request"] = {"seconds": round(seconds, 2), "labels_agree_with_whole_decode": f"{agree}/{count}"}
+    measured = _measure(args, spec, limits, large, small)
+    agree = sum(a == b for a, b in zip(_labels(measured.job), _labels(measured.reference), strict=True))
+    result["request"] = {"seconds": round(measured.seconds, 2), "labels_agree_with_whole_decode": f"{agree}/{count}"}
     result["torch_import_mb"] = torch_import_mb()
     for name in ("api", "worker"):
-        result[name] = {
-            "peak_before_mb": before[name]["peak_mb"],
-            "peak_after_mb": after[name]["peak_mb"],
-            "rss_before_mb": before[name]["rss_mb"],
-            "rss_after_mb": after[name]["rss_mb"],
-            "private_before_mb": before[name]["anon_mb"],
-            "private_peak_mb": _mb(anon.peak[name]),
-            "processes": after[name]["processes"],
-            "below_target": after[name]["peak_mb"] < TARGET_MB,
-        }
-    print(f"\n{'process':8s} {'peak before':>12s} {'peak after':>11s} {'rss after':>10s} {'private before':>15s} "
-          f"{'private peak':>13s}   (MB; target: peak < {TARGET_MB})")
-    for name in ("api", "worker"):
-        row = result[name]
-        print(f"{name:8s} {row['peak_before_mb']:12.1f} {row['peak_after_mb']:11.1f} {row['rss_after_mb']:10.1f} "
-              f"{row['private_before_mb']:15.1f} {row['private_peak_mb']:13.1f}")
-    print(f"one request of {count} images: {seconds:.1f} s; labels agree with the whole-image decode for {agree}/{count} "
-          f"(28x28 inputs differ by at most {worst}/255); a process that only imports torch: {result['torch_import_mb']} MB")
+        result[name] = _process_row(measured, name)
+    _print_summary(result, count, measured.seconds, agree, worst)
     return result

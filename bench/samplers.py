@@ -120,6 +120,84 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+Run = Callable[[], object]
+
+
+def _no_grad(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> Run:
+    def run() -> object:
+        with torch.no_grad():
+            return net(x, t, y)
+
+    return run
+
+
+def _inference(net: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> Run:
+    def run() -> object:
+        with torch.inference_mode():
+            return net(x, t, y)
+
+    return run
+
+
+def _one_thread(run: Run) -> Run:
+    def wrapped() -> object:
+        with _threads(1):
+            return run()
+
+    return wrapped
+
+
+def _bf16(run: Run) -> Run:
+    def wrapped() -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return run()
+
+    return wrapped
+
+
+def _fast_path_runs(
+    plain: torch.nn.Module, channels_last: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor
+) -> dict[str, Run]:
+    """The plain baseline and each change to it, by name; ``channels_last`` is the UNet with NHWC weights."""
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    return {
+        "baseline (no_grad, NCHW, fp32)": _no_grad(plain, x, t, y),
+        "inference_mode (served)": _inference(plain, x, t, y),
+        "channels_last": _no_grad(channels_last, x_cl, t, y),
+        "inference_mode + channels_last": _inference(channels_last, x_cl, t, y),
+        "served, 1 thread": _one_thread(_inference(plain, x, t, y)),
+        "served + bf16 autocast": _bf16(_inference(plain, x, t, y)),
+    }
+
+
+def _compiled(plain: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[Run, float]:
+    """The served forward under torch.compile, and the seconds of its first call, which compiles it."""
+    compiled = torch.compile(plain, dynamic=False)
+    started = time.perf_counter()
+    _inference(compiled, x, t, y)()
+    compile_s = time.perf_counter() - started
+    return _inference(compiled, x, t, y), compile_s
+
+
+def _bf16_error(plain: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> float:
+    """The largest change bf16 autocast makes to the served noise prediction."""
+    with torch.inference_mode():
+        reference = plain(x, t, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return (plain(x, t, y).float() - reference).abs().max().item()
+
+
+def _speed_rows(times: dict[str, list[float]], base: float) -> list[dict]:
+    return [
+        {
+            "change": name,
+            "ms": round(1000 * statistics.median(ts), 1),
+            "speedup": round(base / statistics.median(ts), 2),
+        }
+        for name, ts in times.items()
+    ]
+
+
 def fast_path(checkpoint_dir: Path, args: argparse.Namespace) -> dict:
     """One UNet forward of a guided 10-digit step (batch 20), each change against the plain baseline."""
     pipe, _ = load_pipeline(checkpoint_dir, DIGIT_CHECKPOINT)
@@ -129,70 +207,19 @@ def fast_path(checkpoint_dir: Path, args: argparse.Namespace) -> dict:
     x = torch.randn(20, 3, 28, 28)
     t = torch.full((20,), 200)
     y = torch.arange(20) % 10
-    x_cl = x.contiguous(memory_format=torch.channels_last)
     all_threads = torch.get_num_threads()
-
-    def no_grad(net: torch.nn.Module, inp: torch.Tensor) -> Callable[[], object]:
-        def run() -> object:
-            with torch.no_grad():
-                return net(inp, t, y)
-
-        return run
-
-    def inference(net: torch.nn.Module, inp: torch.Tensor) -> Callable[[], object]:
-        def run() -> object:
-            with torch.inference_mode():
-                return net(inp, t, y)
-
-        return run
-
-    def one_thread(run: Callable[[], object]) -> Callable[[], object]:
-        def wrapped() -> object:
-            with _threads(1):
-                return run()
-
-        return wrapped
-
-    def bf16(run: Callable[[], object]) -> Callable[[], object]:
-        def wrapped() -> object:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return run()
-
-        return wrapped
-
-    runs: dict[str, Callable[[], object]] = {
-        "baseline (no_grad, NCHW, fp32)": no_grad(plain, x),
-        "inference_mode (served)": inference(plain, x),
-        "channels_last": no_grad(fast.unet, x_cl),
-        "inference_mode + channels_last": inference(fast.unet, x_cl),
-        "served, 1 thread": one_thread(inference(plain, x)),
-        "served + bf16 autocast": bf16(inference(plain, x)),
-    }
+    runs = _fast_path_runs(plain, fast.unet, x, t, y)
     if args.with_compile:
-        compiled = torch.compile(plain, dynamic=False)
-        started = time.perf_counter()
-        inference(compiled, x)()
-        compile_s = time.perf_counter() - started
-        runs["served + torch.compile"] = inference(compiled, x)
+        runs["served + torch.compile"], compile_s = _compiled(plain, x, t, y)
     times = _time_turns(runs, max(3, args.sampler_repeats))
     base = statistics.median(times["baseline (no_grad, NCHW, fp32)"])
-    with torch.inference_mode():
-        reference = plain(x, t, y)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16_error = (plain(x, t, y).float() - reference).abs().max().item()
+    bf16_error = _bf16_error(plain, x, t, y)
     result = {
         "what": "one UNet forward, batch 20 (a guided step of 10 digits)",
         "threads": all_threads,
         "bf16_cpu_support": torch.backends.mkldnn.is_available() and _cpu_has_bf16(),
         "bf16_max_abs_error_of_noise_prediction": round(bf16_error, 4),
-        "rows": [
-            {
-                "change": name,
-                "ms": round(1000 * statistics.median(ts), 1),
-                "speedup": round(base / statistics.median(ts), 2),
-            }
-            for name, ts in times.items()
-        ],
+        "rows": _speed_rows(times, base),
     }
     if args.with_compile:
         result["compile_s"] = round(compile_s, 1)

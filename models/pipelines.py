@@ -87,7 +87,9 @@ def guided_steps(timesteps: Sequence[int], guidance_scale: float, interval: tupl
     return [lo <= int(t) + 1 <= hi for t in timesteps]
 
 
-def count_nfe(sampler: str, steps: int | None, guidance_scale: float, interval: tuple[int, int] | None, schedule: NoiseSchedule) -> int:
+def count_nfe(
+    sampler: str, steps: int | None, guidance_scale: float, interval: tuple[int, int] | None, schedule: NoiseSchedule
+) -> int:
     """Network evaluations per image of one sampling configuration, without running it."""
     timesteps = schedule.make_sampler(sampler, steps).timesteps  # type: ignore[arg-type]
     return len(timesteps) + sum(guided_steps(timesteps.tolist(), guidance_scale, interval))
@@ -158,39 +160,60 @@ class DigitPipeline:
         x = torch.randn(
             labels.shape[0], self.unet.config.in_channels, size, size, generator=generator, device=device
         )
-        T = self.schedule.num_train_timesteps
         timesteps = [int(t) for t in sched.timesteps]
         guided = guided_steps(timesteps, guidance_scale, guidance_interval)
         # Only the stochastic schedulers' step() takes a generator (UniPC's has no such argument).
         step_kwargs = {"generator": generator} if sampler in STOCHASTIC_SAMPLERS else {}
         total = len(timesteps)
-        times = visit_times(timesteps, T)
-        plan = frame_plan(timesteps, T, frame_timesteps)
-        frames: dict[int, torch.Tensor] = {}
-        path: list[tuple[int, torch.Tensor]] = []
-
-        def keep(position: int) -> None:
-            wants = plan.get(position, ())
-            if not wants and not trajectory:
-                return
-            image = to_unit_range(x[0]).cpu()
-            if trajectory:
-                path.append((times[position], image))
-            for want in wants:
-                frames[want] = image
-                if on_frame is not None:
-                    on_frame(want, image)
-
-        keep(0)
+        recorder = _FrameRecorder(timesteps, self.schedule.num_train_timesteps, frame_timesteps, trajectory, on_frame)
+        recorder.keep(0, x)
         for i, t in enumerate(sched.timesteps):
             eps = self._predict_noise(x, t, labels, guidance_scale if guided[i] else None)
             x = sched.step(eps, t, x, **step_kwargs).prev_sample
-            keep(i + 1)
+            recorder.keep(i + 1, x)
             if callback is not None:
                 callback(i + 1, total)
         return DigitOutput(
-            images=to_unit_range(x).cpu(), labels=labels.cpu(), frames=frames, nfe=total + sum(guided), trajectory=path
+            images=to_unit_range(x).cpu(),
+            labels=labels.cpu(),
+            frames=recorder.frames,
+            nfe=total + sum(guided),
+            trajectory=recorder.path,
         )
+
+
+class _FrameRecorder:
+    """The first image of a sampling run at the positions ``frame_plan`` picks for the wanted frames (each
+    handed to ``on_frame`` at once) and, with ``trajectory``, at every position."""
+
+    def __init__(
+        self,
+        timesteps: Sequence[int],
+        num_train_timesteps: int,
+        wanted: Sequence[int],
+        trajectory: bool,
+        on_frame: FrameCallback | None,
+    ) -> None:
+        self.times = visit_times(timesteps, num_train_timesteps)
+        self.plan = frame_plan(timesteps, num_train_timesteps, wanted)
+        self.trajectory = trajectory
+        self.on_frame = on_frame
+        self.frames: dict[int, torch.Tensor] = {}
+        self.path: list[tuple[int, torch.Tensor]] = []
+
+    def keep(self, position: int, x: torch.Tensor) -> None:
+        """Keep the first image of ``x``, the sample at ``position``, if a frame is wanted there or the
+        trajectory is kept."""
+        wants = self.plan.get(position, ())
+        if not wants and not self.trajectory:
+            return
+        image = to_unit_range(x[0]).cpu()
+        if self.trajectory:
+            self.path.append((self.times[position], image))
+        for want in wants:
+            self.frames[want] = image
+            if self.on_frame is not None:
+                self.on_frame(want, image)
 
 
 def visit_times(timesteps: Sequence[int], num_train_timesteps: int) -> list[int]:

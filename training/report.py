@@ -43,7 +43,8 @@ DIGITS_CAPTION = "digits_grid.txt"
 def faces(checkpoint_dir: Path, out: Path, device: torch.device, seed: int) -> None:
     for variant, name in FACE_CHECKPOINTS.items():
         pipe, _ = load_pipeline(checkpoint_dir, name, device=device)
-        save_grid(pipe(32, generator=torch.Generator(device).manual_seed(seed)).images, out / f"faces_{variant}.png", nrow=8)
+        images = pipe(32, generator=torch.Generator(device).manual_seed(seed)).images
+        save_grid(images, out / f"faces_{variant}.png", nrow=8)
 
 
 def digits(checkpoint_dir: Path, out: Path, device: torch.device, seed: int, sampler: str) -> str:
@@ -60,7 +61,8 @@ def digits(checkpoint_dir: Path, out: Path, device: torch.device, seed: int, sam
     save_grid(torch.stack(frames), out / "reverse_process.png", nrow=len(frames))
     for t, frame in zip(FRAME_TIMESTEPS, frames):
         save_grid(frame[None], out / f"reverse_t{t:03d}.png", nrow=1)
-    caption = f"{config_label(config, pipe.schedule.num_train_timesteps)}, {result.nfe} network evaluations per image, seed {seed}"
+    caption = (f"{config_label(config, pipe.schedule.num_train_timesteps)}, "
+               f"{result.nfe} network evaluations per image, seed {seed}")
     # The tables quote how the grid was drawn, also when a later run redoes only the tables.
     (out / DIGITS_CAPTION).write_text(caption + "\n")
     return caption
@@ -123,12 +125,16 @@ def sampler_sweep_lines(card: dict) -> list[str]:
         return []
     seeds = sorted(sweep, key=lambda k: sweep[k]["seed"], reverse=True)  # the tuning seed (1) first
     by_seed = {k: {r["label"]: r for r in sweep[k]["rows"]} for k in seeds}
-    head = " | ".join(f"accuracy / MS-SSIM, seed {sweep[k]['seed']} ({sweep[k]['images_per_digit']} per digit)" for k in seeds)
-    lines = ["", "Sampler sweep (`python -m training.evaluate digits-sweep`; lower MS-SSIM is more varied; "
-             "real MNIST-M val: " + ", ".join(f"{sweep[k]['real_msssim']:.3f} for seed {sweep[k]['seed']}'s count" for k in seeds) + "):", "",
+    head = " | ".join(
+        f"accuracy / MS-SSIM, seed {sweep[k]['seed']} ({sweep[k]['images_per_digit']} per digit)" for k in seeds
+    )
+    real = ", ".join(f"{sweep[k]['real_msssim']:.3f} for seed {sweep[k]['seed']}'s count" for k in seeds)
+    lines = ["", ("Sampler sweep (`python -m training.evaluate digits-sweep`; lower MS-SSIM is more varied; "
+                  f"real MNIST-M val: {real}):"), "",
              f"| configuration | NFE | {head} |", "|---|---|" + "---|" * len(seeds)]
     for label, row in by_seed[seeds[0]].items():
-        cells = [f"{by_seed[k][label]['accuracy']:.3f} / {by_seed[k][label]['msssim']:.3f}" if label in by_seed[k] else "-" for k in seeds]
+        cells = [f"{by_seed[k][label]['accuracy']:.3f} / {by_seed[k][label]['msssim']:.3f}" if label in by_seed[k]
+                 else "-" for k in seeds]
         mark = " **(served)**" if selection and label == selection["chosen"] else ""
         lines.append(f"| {label}{mark} | {row['nfe']} | " + " | ".join(cells) + " |")
     if selection:
@@ -162,53 +168,64 @@ def _spread(cell: dict | None) -> str:
 def dann_lines(metrics: dict, cards: dict, out: Path) -> list[str]:
     """The 3-seed table (from ``python -m training.dann_table``'s JSON) and the shipped models on the test split."""
     table_path = out / "dann_table.json"
-    lines = [("Splits (`training.data.splits`): each target has an *adapt* split (images only, what training adapts to), "
-              f"a *val* split ({VAL_SIZE:,} labelled images drawn from its train set: the only target labels any choice read) "
-              "and a *test* split (the layout's `val.csv`, read only to report).")]
+    lines = [("Splits (`training.data.splits`): each target has an *adapt* split (images only, "
+              f"what training adapts to), a *val* split ({VAL_SIZE:,} labelled images drawn from its train set: "
+              "the only target labels any choice read) and a *test* split "
+              "(the layout's `val.csv`, read only to report).")]
     if table_path.is_file():
         table = json.loads(table_path.read_text())
         targets = list(table["rows"])
         methods = list(dict.fromkeys(m for t in targets for m in table["rows"][t]))
         seeds = sorted({s for t in targets for r in table["rows"][t].values() for s in r["seeds"]})
-        lines += ["", f"Every row trained to the end of the same plan: {table['steps']:,} steps of batch {table['batch_size']} "
-                  f"(source and target), seeds {', '.join(map(str, seeds))}, on {'; '.join(table['hardware'])}"
-                  f"{f', {n} runs at a time' if (n := table.get('runs_at_a_time', 1)) > 1 else ''}. "
-                  f"Mean ± sample standard deviation over seeds (`{table['command']}`); "
-                  "test images: " + ", ".join(f"{t.upper()} {table['splits'][t]['test']:,}" for t in targets) + ".", "",
+        test_images = ", ".join(f"{t.upper()} {table['splits'][t]['test']:,}" for t in targets)
+        lines += ["", (f"Every row trained to the end of the same plan: {table['steps']:,} steps of batch "
+                       f"{table['batch_size']} (source and target), seeds {', '.join(map(str, seeds))}, "
+                       f"on {'; '.join(table['hardware'])}"
+                       f"{f', {n} runs at a time' if (n := table.get('runs_at_a_time', 1)) > 1 else ''}. "
+                       f"Mean ± sample standard deviation over seeds (`{table['command']}`); "
+                       f"test images: {test_images}."), "",
                   "| method | " + " | ".join(f"MNIST-M -> {t.upper()} test | val" for t in targets)
                   + " | seconds per run (" + " / ".join(t.upper() for t in targets) + ") | seed report (course data) |",
                   "|---|" + "---|---|" * len(targets) + "---|---|"]
         for method in methods:
             first = next(table["rows"][t][method] for t in targets if method in table["rows"][t])
-            cells = [f"{_spread(table['rows'][t].get(method, {}).get('test'))} | {_spread(table['rows'][t].get(method, {}).get('val'))}"
+            cells = [f"{_spread(table['rows'][t].get(method, {}).get('test'))} | "
+                     f"{_spread(table['rows'][t].get(method, {}).get('val'))}"
                      for t in targets]
-            ref = " / ".join(f"{SEED_REPORT[t][method]:.4f}" for t in targets if method in SEED_REPORT.get(t, {})) or "-"
+            ref = " / ".join(
+                f"{SEED_REPORT[t][method]:.4f}" for t in targets if method in SEED_REPORT.get(t, {})
+            ) or "-"
             served = " **(served)**" if method == SERVED_METHOD else ""
-            seconds = " / ".join(f"{table['rows'][t][method]['wall_time_s']['mean']:.0f}" if method in table["rows"][t] else "-" for t in targets)
+            seconds = " / ".join(f"{table['rows'][t][method]['wall_time_s']['mean']:.0f}" if method in table["rows"][t]
+                                 else "-" for t in targets)
             lines.append(f"| {first['summary']}{served} | " + " | ".join(cells) + f" | {seconds} | {ref} |")
         lines += ["", (f"The served method was chosen on the target val accuracy of a tuning seed outside the table; "
-                       f"the served checkpoint of each row is seed {table['shipped_seed']}, fixed before any run was measured. "
+                       f"the served checkpoint of each row is seed {table['shipped_seed']}, "
+                       "fixed before any run was measured. "
                        "The seed report's figures were measured on the course's own hw2_data val folders, other images "
                        "than these splits: a reference, not a like-for-like comparison.")]
     lines += ["", "The shipped checkpoints on the test split (`python -m training.evaluate dann`):", "",
-              "| checkpoint | " + " | ".join(f"MNIST-M -> {t.upper()}" for t in DANN_CHECKPOINTS) + " |", "|---|" + "---|" * len(DANN_CHECKPOINTS)]
+              "| checkpoint | " + " | ".join(f"MNIST-M -> {t.upper()}" for t in DANN_CHECKPOINTS) + " |",
+              "|---|" + "---|" * len(DANN_CHECKPOINTS)]
     for method in TABLE_METHODS:
         keys = [f"dann_{t}_test" if method == SERVED_METHOD else f"dann_{t}_{method}" for t in DANN_CHECKPOINTS]
         lines.append(f"| {METHODS[method].summary} | " + " | ".join(_pct(metrics.get(k)) for k in keys) + " |")
     return lines + [""]
 
 
-def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
-    metrics_path = checkpoint_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    cards = list_cards(checkpoint_dir)
-    digit_metrics = cards.get(DIGIT_CHECKPOINT, {}).get("metrics", {})
+def _face_training(hw: dict) -> str:
+    """Where and how long a face model trained, and which snapshot was kept when one was chosen."""
+    trained = f"{hw.get('hardware', '?')}, {hw.get('wall_time_s', '?')} s, {hw.get('epochs_completed', '?')} epochs"
+    if "selected_snapshot" in hw:
+        trained = (f"{hw.get('hardware', '?')}: the epoch-{hw['selected_snapshot']['epoch']} snapshot of a run of "
+                   f"{hw.get('epochs_trained', '?')} epochs in {hw.get('wall_time_s', '?')} s, "
+                   f"chosen by {hw['selected_snapshot']['rule']}")
+    return trained
+
+
+def _face_lines(metrics: dict, cards: dict) -> list[str]:
+    """Problem 1: what the face measures mean, real and generated faces measured, and each model's figure."""
     lines = [
-        "# Report: DLCV 2022 HW2, regenerated from the shipped checkpoints",
-        "",
-        "Made by `python -m training.report`; the numbers come from `checkpoints/metrics.json`,",
-        "which the evaluation commands (`python -m training.evaluate all`) write.",
-        "",
         "## Problem 1: DCGAN faces",
         "",
         ("Exactly one face: the share of faces in which dlib's HOG detector finds one face (the course's measure). "
@@ -218,23 +235,26 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
         "",
         "| faces | exactly one face (dlib HOG) | MS-SSIM | images, seed | trained on |",
         "|---|---|---|---|---|",
-        (f"| real CelebA face/val | {_pct(metrics.get('faces_real_val_hog'))} | {_num(metrics.get('faces_real_msssim'))} | "
-         f"{_face_sample(cards)} | - |"),
+        (f"| real CelebA face/val | {_pct(metrics.get('faces_real_val_hog'))} | "
+         f"{_num(metrics.get('faces_real_msssim'))} | {_face_sample(cards)} | - |"),
     ]
     for variant, name in FACE_CHECKPOINTS.items():
-        hw = cards.get(name, {}).get("training", {})
-        trained = f"{hw.get('hardware', '?')}, {hw.get('wall_time_s', '?')} s, {hw.get('epochs_completed', '?')} epochs"
-        if "selected_snapshot" in hw:
-            trained = (f"{hw.get('hardware', '?')}: the epoch-{hw['selected_snapshot']['epoch']} snapshot of a run of "
-                       f"{hw.get('epochs_trained', '?')} epochs in {hw.get('wall_time_s', '?')} s, chosen by {hw['selected_snapshot']['rule']}")
-        lines.append(f"| DCGAN {variant} | {_pct(metrics.get(f'faces_{variant}_hog'))} | {_num(metrics.get(f'faces_{variant}_msssim'))} | "
-                     f"{_face_sample(cards, name)} | {trained} |")
-    lines += [
+        trained = _face_training(cards.get(name, {}).get("training", {}))
+        lines.append(f"| DCGAN {variant} | {_pct(metrics.get(f'faces_{variant}_hog'))} | "
+                     f"{_num(metrics.get(f'faces_{variant}_msssim'))} | {_face_sample(cards, name)} | {trained} |")
+    return lines + [
         "",
         "Model A (first 32 faces, seed 0): ![A](faces_A.png)",
         "",
         "Model B (first 32 faces, seed 0): ![B](faces_B.png)",
         "",
+    ]
+
+
+def _digit_lines(metrics: dict, cards: dict, digits_caption: str) -> list[str]:
+    """Problem 2: the figures, the evaluation classifier's accuracies, the diversity and the sampler sweep."""
+    digit_metrics = cards.get(DIGIT_CHECKPOINT, {}).get("metrics", {})
+    return [
         "## Problem 2: conditional diffusion digits",
         "",
         f"Ten of each digit ({digits_caption}): ![grid](digits_grid.png)",
@@ -245,33 +265,74 @@ def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
         "|---|---|",
         f"| real MNIST-M val | {_pct(metrics.get('eval_classifier_mnistm_val_acc'))} |",
         f"| generated, DDPM 400 steps{_digit_run(digit_metrics, 'ddpm')} | {_pct(metrics.get('digits_ddpm_acc'))} |",
-        f"| generated, served few-step default{_digit_run(digit_metrics, 'fewstep')} | {_pct(metrics.get('digits_fewstep_acc'))} |",
+        (f"| generated, served few-step default{_digit_run(digit_metrics, 'fewstep')} | "
+         f"{_pct(metrics.get('digits_fewstep_acc'))} |"),
         "",
-        (f"Diversity, per-label mean pairwise MS-SSIM (lower is more varied): served default {_pct(metrics.get('digits_fewstep_msssim'))}, "
-         f"real MNIST-M val {_pct(metrics.get('digits_real_msssim'))}."),
+        (f"Diversity, per-label mean pairwise MS-SSIM (lower is more varied): served default "
+         f"{_pct(metrics.get('digits_fewstep_msssim'))}, real MNIST-M val {_pct(metrics.get('digits_real_msssim'))}."),
         *sampler_sweep_lines(cards.get(DIGIT_CHECKPOINT, {})),
         "",
+    ]
+
+
+def _tsne_lines() -> list[str]:
+    """Each target's t-SNE figures, by class and by domain."""
+    lines = []
+    for target in DANN_CHECKPOINTS:
+        lines += [(f"t-SNE of DANN features, MNIST-M -> {target.upper()}: by class ![](tsne_{target}_by_class.png) "
+                   f"by domain ![](tsne_{target}_by_domain.png)"), ""]
+    return lines
+
+
+def _checkpoint_lines(cards: dict) -> list[str]:
+    """Every checkpoint's kind, size and training run."""
+    lines = ["## Checkpoints", "", "| name | kind | parameters | hardware | wall time (s) | steps |",
+             "|---|---|---|---|---|---|"]
+    for name, card in cards.items():
+        tr = card.get("training", {})
+        lines.append(f"| {name} | {card['kind']} | {card['weights']['parameters']:,} | {tr.get('hardware', '?')} | "
+                     f"{tr.get('wall_time_s', '?')} | {tr.get('steps', '?')} |")
+    return lines
+
+
+def tables(checkpoint_dir: Path, out: Path, digits_caption: str) -> None:
+    metrics_path = checkpoint_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    cards = list_cards(checkpoint_dir)
+    lines = [
+        "# Report: DLCV 2022 HW2, regenerated from the shipped checkpoints",
+        "",
+        "Made by `python -m training.report`; the numbers come from `checkpoints/metrics.json`,",
+        "which the evaluation commands (`python -m training.evaluate all`) write.",
+        "",
+        *_face_lines(metrics, cards),
+        *_digit_lines(metrics, cards, digits_caption),
         "## Problem 3: DANN",
         "",
         *dann_lines(metrics, cards, out),
+        *_tsne_lines(),
+        *_checkpoint_lines(cards),
     ]
-    for target in DANN_CHECKPOINTS:
-        lines += [f"t-SNE of DANN features, MNIST-M -> {target.upper()}: by class ![](tsne_{target}_by_class.png) by domain ![](tsne_{target}_by_domain.png)", ""]
-    lines += ["## Checkpoints", "", "| name | kind | parameters | hardware | wall time (s) | steps |", "|---|---|---|---|---|---|"]
-    for name, card in cards.items():
-        tr = card.get("training", {})
-        lines.append(f"| {name} | {card['kind']} | {card['weights']['parameters']:,} | {tr.get('hardware', '?')} | {tr.get('wall_time_s', '?')} | {tr.get('steps', '?')} |")
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout (t-SNE inputs)")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout (t-SNE inputs)"
+    )
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="the checkpoints to draw from")
     parser.add_argument("--out", type=Path, default=Path("docs/report"), help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of every generated figure")
-    parser.add_argument("--digit-sampler", choices=["default", *SAMPLERS], default="default", help="sampler of the 10x10 grid and the reverse-process frames (default: the served configuration)")
+    parser.add_argument(
+        "--digit-sampler",
+        choices=["default", *SAMPLERS],
+        default="default",
+        help="sampler of the 10x10 grid and the reverse-process frames (default: the served configuration)",
+    )
     parser.add_argument("--tsne-per-domain", type=int, default=1000, help="val images per domain in the t-SNE maps")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = parser.parse_args(argv)

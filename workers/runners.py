@@ -19,6 +19,7 @@ from contract.files import ANIMATION_NAME, FRAMES_STRIP_NAME, GRID_NAME, frame_n
 from contract.jobs import JobKind
 from models.pipelines import (
     DannClassifier,
+    DigitOutput,
     FacePipeline,
     FrameCallback,
     digits_from_uint8,
@@ -110,6 +111,74 @@ def generate_faces(
     }
 
 
+def _digit_config(
+    model: LoadedModel,
+    sampler: str | None,
+    steps: int | None,
+    guidance: float | None,
+    guidance_interval: Sequence[int] | None,
+) -> SamplingConfig:
+    """The request's sampling configuration; what it leaves out comes from the model card's default."""
+    return SamplingConfig.card_default(model.card).override(
+        sampler=sampler,
+        steps=steps,
+        guidance_scale=guidance,
+        guidance_interval=tuple(guidance_interval) if guidance_interval else None,  # type: ignore[arg-type]
+    )
+
+
+def _sample_digits(
+    model: LoadedModel,
+    config: SamplingConfig,
+    labels: Sequence[int],
+    n: int,
+    seed: int,
+    *,
+    frames: bool,
+    animation: bool,
+    progress: Progress | None,
+    on_frame: FrameCallback | None,
+) -> DigitOutput:
+    """``n`` digits of each of ``labels``, in that order, from ``seed``; the report's frames and the whole
+    reverse process of the first digit when asked."""
+    per_image = [label for label in labels for _ in range(n)]
+    return model.pipeline(  # type: ignore[call-arg]
+        per_image,
+        sampler=config.sampler,
+        steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        guidance_interval=config.guidance_interval,
+        generator=_generator(model, seed),
+        frame_timesteps=FRAME_TIMESTEPS if frames else (),
+        callback=progress,
+        on_frame=on_frame,
+        trajectory=animation,
+    )
+
+
+def _save_frames(files: JobFiles, out: DigitOutput) -> dict[str, str]:
+    """The report's reverse-process frames, one file per timestep and a strip of them all."""
+    frame_files = {str(t): files.save_image(frame_name(t), out.frames[t]) for t in FRAME_TIMESTEPS}
+    files.save_grid(FRAMES_STRIP_NAME, torch.stack([out.frames[t] for t in FRAME_TIMESTEPS]), nrow=len(FRAME_TIMESTEPS))
+    return frame_files
+
+
+def _save_digits(
+    files: JobFiles, labels: Sequence[int], n: int, out: DigitOutput, *, frames: bool, animation: bool
+) -> tuple[list[str], dict[str, str]]:
+    """Save the digits and their grid, then the frames and the animation when asked.
+
+    Returns the digits' file names and the frames' files by timestep."""
+    # The course's naming: <label>_<index from 001>.png
+    names = [f"{label}_{i + 1:03d}.png" for label in labels for i in range(n)]
+    files.save_images(names, out.images)
+    files.save_grid(GRID_NAME, out.images, nrow=n if len(labels) > 1 else min(n, 10))
+    frame_files = _save_frames(files, out) if frames else {}
+    if animation:
+        files.save_animation(ANIMATION_NAME, [image for _, image in spread(out.trajectory, ANIMATION_MAX_FRAMES)])
+    return names, frame_files
+
+
 def generate_digits(
     model: LoadedModel,
     files: JobFiles,
@@ -134,40 +203,13 @@ def generate_digits(
     it is drawn); ``animation`` makes an animated PNG of its whole reverse process.
     """
     seed = draw_seed() if seed is None else seed
-    config = SamplingConfig.card_default(model.card).override(
-        sampler=sampler,
-        steps=steps,
-        guidance_scale=guidance,
-        guidance_interval=tuple(guidance_interval) if guidance_interval else None,  # type: ignore[arg-type]
-    )
-    per_image = [label for label in labels for _ in range(n)]
+    config = _digit_config(model, sampler, steps, guidance, guidance_interval)
     started = time.perf_counter()
-    out = model.pipeline(  # type: ignore[call-arg]
-        per_image,
-        sampler=config.sampler,
-        steps=config.steps,
-        guidance_scale=config.guidance_scale,
-        guidance_interval=config.guidance_interval,
-        generator=_generator(model, seed),
-        frame_timesteps=FRAME_TIMESTEPS if frames else (),
-        callback=progress,
-        on_frame=on_frame,
-        trajectory=animation,
+    out = _sample_digits(
+        model, config, labels, n, seed, frames=frames, animation=animation, progress=progress, on_frame=on_frame
     )
     compute_s = time.perf_counter() - started
-    # The course's naming: <label>_<index from 001>.png
-    names = [f"{label}_{i + 1:03d}.png" for label in labels for i in range(n)]
-    files.save_images(names, out.images)
-    files.save_grid(GRID_NAME, out.images, nrow=n if len(labels) > 1 else min(n, 10))
-    frame_files: dict[str, str] = {}
-    if frames:
-        for t in FRAME_TIMESTEPS:
-            frame_files[str(t)] = files.save_image(frame_name(t), out.frames[t])
-        files.save_grid(
-            FRAMES_STRIP_NAME, torch.stack([out.frames[t] for t in FRAME_TIMESTEPS]), nrow=len(FRAME_TIMESTEPS)
-        )
-    if animation:
-        files.save_animation(ANIMATION_NAME, [image for _, image in spread(out.trajectory, ANIMATION_MAX_FRAMES)])
+    names, frame_files = _save_digits(files, labels, n, out, frames=frames, animation=animation)
     return {
         "kind": JobKind.digits,
         "checkpoint": model.name,
