@@ -1,40 +1,68 @@
 # syntax=docker/dockerfile:1
-# One image for the API and the workers (compose picks the command).
-# Stage 1 builds a virtual environment; stage 2 copies it onto a clean base and
-# runs as an unprivileged user.
+# An image per role, each with only its role's dependencies (pyproject.toml's extras):
+#   api     `docker build --target api .`: the API, and the webhook worker (`.[api,webhooks]`); no torch.
+#           The default target (the last stage), as before the split.
+#   worker  `docker build --target worker .`: the model workers and Flower (`.[worker,monitoring]`), with the
+#           CUDA build of torch (PyPI's Linux wheel, which brings the CUDA libraries; the host needs the NVIDIA
+#           driver and container toolkit only for the GPU worker, a CPU worker runs it as it is).
+# The build stages make a virtual environment each; the runtime stages copy it onto a clean base and run as an
+# unprivileged user.
 ARG PYTHON_VERSION=3.11
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM python:${PYTHON_VERSION}-slim AS base
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from pyproject alone, so editing code does not reinstall torch.
-# The monitoring extra is Flower, which the compose `flower` service runs from this image.
+# Dependencies first, from pyproject alone (the project, with no code yet, is installed and removed again), so
+# editing code does not reinstall them; the project itself is installed with --no-deps once its code is copied,
+# and a role's image holds only the packages that role runs.
 COPY pyproject.toml README.md ./
-RUN mkdir -p api workers models training \
-    && touch api/__init__.py workers/__init__.py models/__init__.py training/__init__.py \
-    && pip install ".[monitoring]" \
+
+FROM base AS build-api
+RUN pip install ".[api,webhooks]" \
     && pip uninstall -y dlcv-genserve
+# The webhook worker (workers/webhook_app.py) imports neither torch nor a model: it runs from this image.
+COPY contract ./contract
 COPY api ./api
 COPY workers ./workers
+RUN pip install --no-deps . \
+    && if pip list 2>/dev/null | grep -iE '^(torch|torchvision|nvidia-)'; then echo 'torch in the api image' >&2; exit 1; fi
+
+FROM base AS build-worker
+# torch first and pinned, in a layer of its own (gigabytes, changed only with the pin).
+RUN pip install torch==2.14.1 torchvision==0.29.1
+# Flower (the compose `flower` service, an operator's tool) runs from this image: `-A workers.celery_app`.
+RUN pip install ".[worker,monitoring]" \
+    && pip uninstall -y dlcv-genserve
+COPY contract ./contract
+COPY workers ./workers
 COPY models ./models
-COPY training ./training
 RUN pip install --no-deps .
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
+# RESULTS_DIR is the results folder of RESULTS_STORE=local (one host, `docker run` with a volume there); compose
+# sets RESULTS_STORE=s3, and the API and the workers share only Redis and the bucket.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app \
     && mkdir -p /app/checkpoints /var/lib/genserve/results \
     && chown -R app:app /app /var/lib/genserve
-COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CHECKPOINT_DIR=/app/checkpoints \
     RESULTS_DIR=/var/lib/genserve/results
 WORKDIR /app
+
+FROM runtime AS worker
+COPY --from=build-worker /opt/venv /opt/venv
+USER app
+# compose names the queue (-Q), pool and concurrency per service; alone, the worker consumes WORKER_QUEUES.
+CMD ["celery", "-A", "workers.celery_app", "worker", "--loglevel=INFO"]
+
+FROM runtime AS api
+COPY --from=build-api /opt/venv /opt/venv
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

@@ -9,13 +9,17 @@ BENCH_ARGS ?=
 # e.g. EVAL_ARGS="--ddpm-per-digit 0": 400-step DDPM on 1,000 digits takes hours of CPU (minutes on a GPU).
 EVAL_ARGS ?=
 
-.PHONY: install test test-unit run bench screenshots data models evaluate report dann-table clean
+.PHONY: install test test-unit run bench install-sizes screenshots data models evaluate report dann-table clean
+
+# Every role of pyproject.toml in one .venv/: the API, the workers and the local redis-server for `make run`,
+# training and evaluation for `make data/evaluate/report`, and the tests. An image installs one role (Dockerfile).
+EXTRAS ?= api,worker,train,eval,local,test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: a bare "torch" requirement would pull a newer multi-GB build.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[eval,test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,6 +36,12 @@ run: install
 # Starts its own stack on free ports and writes docs/bench.json; BENCH_ARGS="--sections service --quick" for a smoke run.
 bench: install
 	DATA_SOURCE=$(abspath $(DATA_SOURCE)) $(PY) -m bench $(BENCH_ARGS)
+
+# docs/install-sizes.json: each role of pyproject.toml installed alone into a fresh venv (in /tmp), its import checked
+# and its site-packages measured; needs no .venv/. The worker's takes minutes (torch); INSTALL_SIZES_ARGS="--roles api".
+INSTALL_SIZES_ARGS ?=
+install-sizes:
+	$(PYTHON) -m bench.install_sizes $(INSTALL_SIZES_ARGS)
 
 # docs/playground.png: the playground page in chromium, after one run of each panel on the shipped models.
 screenshots: install
