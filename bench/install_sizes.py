@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -72,9 +73,10 @@ def _torch_pins(pyproject: dict) -> list[str]:
     return [pins[name] for name in TORCH]
 
 
-def _needs_torch(pyproject: dict, extras: tuple[str, ...]) -> bool:
-    """Whether the extras, following references to the project's own extras, require torch."""
+def role_requirements(pyproject: dict, extras: tuple[str, ...] | set[str]) -> list[str]:
+    """The base dependencies and those of ``extras``, following the extras' references to the project's own."""
     optional = pyproject["project"]["optional-dependencies"]
+    requirements = list(pyproject["project"]["dependencies"])
     todo, seen = list(extras), set()
     while todo:
         extra = todo.pop()
@@ -84,9 +86,14 @@ def _needs_torch(pyproject: dict, extras: tuple[str, ...]) -> bool:
         for line in optional[extra]:
             if line.startswith(f"{PROJECT}["):
                 todo += line[len(PROJECT) + 1 : line.index("]")].split(",")
-            elif line.split("=")[0].split(">")[0].split("<")[0].strip() in TORCH:
-                return True
-    return False
+            else:
+                requirements.append(line)
+    return requirements
+
+
+def _needs_torch(pyproject: dict, extras: tuple[str, ...]) -> bool:
+    names = (re.split(r"[=<>!~\[;\s]", line, maxsplit=1)[0] for line in role_requirements(pyproject, extras))
+    return any(name in TORCH for name in names)
 
 
 def _copy_tree(pyproject: dict, dest: Path) -> Path:

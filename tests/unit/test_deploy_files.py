@@ -22,6 +22,7 @@ from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from bench.install_sizes import role_requirements
 from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL, QUEUE_WEBHOOKS, QUEUES
 from stack.services import SHUTDOWN_MARGIN_S, webhook_worker_spec, worker_specs
 
@@ -158,23 +159,14 @@ def _extras_installed(installs: list[list[str]]) -> set[str]:
 # -- pyproject's roles ---------------------------------------------------------------------------------------
 
 
+def _image(dockerfile: DockerfileParser, target: str) -> tuple[dict, list[list[str]]]:
+    """The Dockerfile's stages, and the pip installs that build ``target``."""
+    stages = _stages(dockerfile)
+    return stages, _pip_installs(stages, target)
+
+
 def _project_requirements(pyproject: dict[str, Any], extras: set[str]) -> list[Requirement]:
-    """The base dependencies plus the extras', following the extras' references to the project's own extras."""
-    optional = pyproject["project"]["optional-dependencies"]
-    requirements = [Requirement(r) for r in pyproject["project"]["dependencies"]]
-    todo, seen = list(extras), set()
-    while todo:
-        extra = todo.pop()
-        if extra in seen:
-            continue
-        seen.add(extra)
-        for line in optional[extra]:
-            requirement = Requirement(line)
-            if canonicalize_name(requirement.name) == PROJECT:
-                todo.extend(requirement.extras)
-            else:
-                requirements.append(requirement)
-    return requirements
+    return [Requirement(line) for line in role_requirements(pyproject, extras)]
 
 
 @cache
@@ -556,11 +548,8 @@ def test_the_api_image_runs_the_api(dockerfile: DockerfileParser) -> None:
     assert "/healthz" in _final(stages, "api", "HEALTHCHECK")[-1]
 
 
-def test_the_api_image_installs_the_api_role_and_no_torch(
-    dockerfile: DockerfileParser, pyproject: dict[str, Any]
-) -> None:
-    stages = _stages(dockerfile)
-    installs = _pip_installs(stages, "api")
+def test_the_api_image_installs_the_api_role_and_no_torch(dockerfile: DockerfileParser, pyproject: dict) -> None:
+    stages, installs = _image(dockerfile, "api")
     extras = _extras_installed(installs)
     assert "api" in extras
     assert not any(arg.lower().startswith(("torch", "nvidia")) for args in installs for arg in args)
@@ -580,10 +569,9 @@ def test_the_api_image_installs_the_api_role_and_no_torch(
 
 
 def test_the_worker_image_installs_the_pinned_torch_first_then_the_worker_role(
-    dockerfile: DockerfileParser, pyproject: dict[str, Any]
+    dockerfile: DockerfileParser, pyproject: dict
 ) -> None:
-    stages = _stages(dockerfile)
-    installs = _pip_installs(stages, "worker")
+    stages, installs = _image(dockerfile, "worker")
     pins = _torch_pins(pyproject)
     first = next(i for i, args in enumerate(installs) if any(a.startswith("torch") for a in args))
     project = next(i for i, args in enumerate(installs) if any(a.startswith(".[") for a in args))
