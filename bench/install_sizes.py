@@ -188,6 +188,17 @@ def measure(name: str, role: Role, workdir: Path, source: Path, pyproject: dict,
     }
 
 
+def without_workdir(value: object, workdir: Path) -> object:
+    """``value`` with the scratch folder written as ``WORKDIR``: the file is shipped, this machine's paths are not."""
+    if isinstance(value, str):
+        return value.replace(str(workdir), "WORKDIR")
+    if isinstance(value, dict):
+        return {key: without_workdir(item, workdir) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_workdir(item, workdir) for item in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.install_sizes", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(err, file=sys.stderr)
             failed.append(name)
             continue
-        report["roles"][name] = result
+        report["roles"][name] = without_workdir(result, args.workdir)
         print(f"{name}: {result['site_packages_mb']} MB in site-packages, checks {'ok' if result['ok'] else 'FAILED'}")
         if not result["ok"]:
             failed.append(name)
