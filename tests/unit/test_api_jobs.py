@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,30 @@ def test_predictions_csv_never_hands_a_spreadsheet_a_formula() -> None:
     assert [row.rsplit(",", 1)[0].strip('"') for row in rows] == [
         "'=HYPERLINK(1)", "'+1.png", "'-2.png", "'@SUM(A1)", "'\tx.png", "ok-=.png"
     ]
+
+
+def test_a_finished_job_whose_files_were_removed_is_a_404_saying_so(tmp_path: Path) -> None:
+    """An idempotent replay with ``Accept: image/png`` after retention removed the job's files."""
+    from redis.asyncio import Redis
+
+    from api.errors import FileNotFound
+    from api.service.files import ResultFiles
+    from api.service.job_service import JobService
+    from contract.broker import api_celery
+    from contract.store import LocalStore
+
+    raw = {"model": "B", "checkpoint": "x", "n": 1, "seed": 1, "device": "cpu", "compute_s": 0.1,
+           "grid": "grid.png", "images": ["grid.png"]}  # fmt: skip
+    record = JobRecord(JOB, JobKind.faces, "task", {"n": 1}, datetime.now(UTC))
+    state = state_from_meta({"status": "SUCCESS", "result": raw})
+    store = LocalStore(tmp_path)
+    down = "redis://127.0.0.1:1/0"  # the response side never reads Redis
+    files = ResultFiles(store)
+    jobs = JobService(api_celery(down, 60), Redis.from_url(down), 60, files=files, base_url="https://genserve.example")
+    store.put(JOB, "grid.png", b"\x89PNG")
+    found = asyncio.run(jobs.response(record, state, representation="png"))
+    assert found.status_code == 200 and found.headers["content-location"].startswith("https://genserve.example/jobs/")
+    store.delete_job(JOB)
+    with pytest.raises(FileNotFound, match="removed"):
+        asyncio.run(jobs.response(record, state, representation="png"))
+    assert asyncio.run(jobs.response(record, state)).status_code == 200  # the JSON still answers
