@@ -3,7 +3,10 @@
 Each ``Stack`` is one API (uvicorn in a thread of the test process, real HTTP)
 and the workers ``make run`` starts (one per queue, ``stack.services.worker_specs``,
 as separate ``celery worker`` processes) on one Redis database; stacks on
-different databases keep their queues and results apart.
+different databases keep their queues and results apart. Workers take seconds
+to start (they load and warm up every model), an API app a fraction of one: a
+test that needs other API settings puts ``another_api`` in front of an existing
+stack's workers rather than starting a stack.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -25,7 +29,7 @@ import uvicorn
 from api.config import Settings
 from api.main import create_app
 from contract.queues import QUEUES
-from stack.processes import RedisServer, free_port
+from stack.processes import free_port
 from stack.services import LocalStack, webhook_worker_spec, worker_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,9 +129,39 @@ class _Server(uvicorn.Server):
         pass
 
 
+def api_settings(redis_url: str, results_dir: Path, checkpoint_dir: Path, **limits: object) -> Settings:
+    """The settings of a test API: open access (``OPEN_ACCESS``) unless ``limits`` say otherwise."""
+    return Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        results_dir=results_dir,
+        checkpoint_dir=checkpoint_dir,
+        **{**OPEN_ACCESS, **limits},
+    )
+
+
+@contextmanager
+def serve_api(settings: Settings, name: str) -> Iterator[str]:
+    """The API app of ``settings`` served by uvicorn in a thread of this process (real HTTP, a free port);
+    yields its base URL and stops it on the way out."""
+    port = free_port()
+    server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def start_stack(
-    redis_server: RedisServer,
-    db: int,
+    redis_url: str,
     checkpoint_dir: Path,
     root: Path,
     *,
@@ -136,8 +170,9 @@ def start_stack(
     webhooks: bool = True,
     **limits: object,
 ) -> Iterator[Stack]:
-    """Start the workers of ``queues`` and an API on database ``db``; yields the stack, then stops them."""
-    redis_url = f"redis://127.0.0.1:{redis_server.port}/{db}"
+    """Start the workers of ``queues`` and an API on the Redis database ``redis_url`` (one that no other stack
+    uses: the ``redis_db`` fixtures hand them out); yields the stack, then stops them."""
+    name = "db" + redis_url.rsplit("/", 1)[-1]
     results_dir = root / "results"
     env = {
         **os.environ,
@@ -149,39 +184,27 @@ def start_stack(
         "PYTHONUNBUFFERED": "1",
         **(worker_env or {}),
     }
-    processes = LocalStack(env, log_dir=root, name_prefix=f"db{db}-")
-    # One torch thread each: on a shared CI CPU, competing OpenMP pools slow each other down badly.
-    for spec in worker_specs(torch_threads=1):
-        if spec.queue in queues:
-            processes.start_worker(spec)
-    if webhooks:
-        processes.start_worker(webhook_worker_spec())
-    server = thread = None
+    processes = LocalStack(env, log_dir=root, name_prefix=f"{name}-")
     try:
-        settings = Settings(
-            _env_file=None,
-            redis_url=redis_url,
-            results_dir=results_dir,
-            checkpoint_dir=checkpoint_dir,
-            **{**OPEN_ACCESS, **limits},
-        )
-        port = free_port()
-        server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, name=f"uvicorn-db{db}", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        processes.wait_for_workers()
-        base_url = f"http://127.0.0.1:{port}"
-        logs = {queue: processes.log_path(f"worker-{queue}") for queue in processes.workers}
-        with httpx.Client(base_url=base_url, timeout=180) as client:
-            yield Stack(client, base_url, redis_url, results_dir, checkpoint_dir, processes, logs)  # type: ignore[arg-type]
+        # One torch thread each: on a shared CI CPU, competing OpenMP pools slow each other down badly.
+        for spec in worker_specs(torch_threads=1):
+            if spec.queue in queues:
+                processes.start_worker(spec)
+        if webhooks:
+            processes.start_worker(webhook_worker_spec())
+        with serve_api(api_settings(redis_url, results_dir, checkpoint_dir, **limits), name) as base_url:
+            processes.wait_for_workers()
+            logs = {queue: processes.log_path(f"worker-{queue}") for queue in processes.workers}
+            with httpx.Client(base_url=base_url, timeout=180) as client:
+                yield Stack(client, base_url, redis_url, results_dir, checkpoint_dir, processes, logs)  # type: ignore[arg-type]
     finally:
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(10)
         processes.stop()
+
+
+@contextmanager
+def another_api(stack: Stack, name: str, **limits: object) -> Iterator[Stack]:
+    """A second API app, with settings of its own (keys, CORS, rate limits...), in front of ``stack``'s workers:
+    on its Redis database and its results folder, as a second API process would be. No worker is started."""
+    settings = api_settings(stack.redis_url, stack.results_dir, stack.checkpoint_dir, **limits)
+    with serve_api(settings, name) as base_url, httpx.Client(base_url=base_url, timeout=180) as client:
+        yield replace(stack, client=client, base_url=base_url)

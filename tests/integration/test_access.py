@@ -1,4 +1,5 @@
-"""A stack with API keys, CORS and rate limits on: real worker, real Redis, real HTTP (uvicorn)."""
+"""An API with API keys and CORS on, in front of the ``service`` workers: real workers, real Redis, real HTTP
+(uvicorn); and ``make run`` with keys."""
 
 from __future__ import annotations
 
@@ -17,31 +18,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stack.processes import RedisServer, free_port
+from stack.processes import free_port
 
 from .helpers import open_png
-from .stack import PLUMBING_LIMITS, REPO, Stack, start_stack
+from .stack import PLUMBING_LIMITS, REPO, Stack, another_api
 
 pytestmark = pytest.mark.integration
 
-KEYED_DB = 12
 KEY = "integration-test-key-0123456789"
 ABSOLUTE_PATH = re.compile(r'(?:^|[\s"\'(=:])/(?:[^\s/"\']+/)+')
 
 
 @pytest.fixture(scope="module")
-def keyed(
-    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    # Faces only need the small-model worker.
-    yield from start_stack(
-        redis_server,
-        KEYED_DB,
-        plumbing_checkpoints,
-        tmp_path_factory.mktemp("keyed"),
-        queues=("small",),
-        **{**PLUMBING_LIMITS, "api_keys": KEY, "cors_allow_origins": "https://app.example", "rate_limit": "5/minute"},
-    )
+def keyed(service: Stack) -> Iterator[Stack]:
+    # Only the API's settings differ: a second API app in front of the session's workers.
+    with another_api(
+        service, "keyed", **{**PLUMBING_LIMITS, "api_keys": KEY, "cors_allow_origins": "https://app.example"}
+    ) as stack:
+        yield stack
 
 
 def test_a_keyed_stack_serves_faces_with_the_key_and_refuses_without(keyed: Stack) -> None:
@@ -56,18 +50,6 @@ def test_a_keyed_stack_serves_faces_with_the_key_and_refuses_without(keyed: Stac
     assert image.status_code == 200 and open_png(image.content).size[0] > 0
     assert keyed.client.get("/healthz").status_code == 200
     assert keyed.client.get("/readyz", headers=key).status_code in (200, 503)  # ready or not, past the key
-
-
-def test_a_foreign_page_cannot_run_a_job_but_a_listed_one_can(keyed: Stack) -> None:
-    key = {"X-API-Key": KEY}
-    evil = keyed.client.post(
-        "/generate/faces", params={"n": 1, "wait": 0}, headers={**key, "Origin": "http://evil.example"}
-    )
-    assert evil.status_code == 403 and "http://evil.example" in evil.json()["detail"]
-    listed = keyed.client.post(
-        "/generate/faces", params={"n": 1, "wait": 0}, headers={**key, "Origin": "https://app.example"}
-    )
-    assert listed.status_code == 202 and listed.headers["access-control-allow-origin"] == "https://app.example"
 
 
 @pytest.fixture(scope="module")
@@ -98,17 +80,6 @@ def test_docs_authorize_then_try_it_out_runs_a_job(keyed: Stack, page) -> None:
     status = block.locator(".live-responses-table tbody .response-col_status").first
     status.wait_for(timeout=60_000)
     assert status.inner_text().strip().startswith("200"), block.locator(".live-responses-table").inner_text()
-
-
-def test_the_job_budget_runs_out_with_retry_after(keyed: Stack) -> None:
-    key = {"X-API-Key": KEY}
-    statuses = [
-        keyed.client.post("/generate/faces", params={"n": 1, "wait": 0}, headers=key).status_code for _ in range(6)
-    ]
-    assert statuses[-1] == 429 and statuses.count(429) >= 1  # 5/minute, with the earlier tests' POSTs counted
-    refused = keyed.client.post("/generate/faces", params={"n": 1, "wait": 0}, headers=key)
-    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
-    assert "RATE_LIMIT" in refused.json()["detail"]
 
 
 def test_models_shows_no_path_of_the_workers_machine(keyed: Stack) -> None:

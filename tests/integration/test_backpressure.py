@@ -10,22 +10,17 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from stack.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 
-FULL_QUEUE_DB = 7
 
-
-def test_a_full_queue_refuses_before_creating_anything(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_a_full_queue_refuses_before_creating_anything(empty_redis_db: str, tmp_path: Path) -> None:
     """No worker consumes: jobs stay queued, so the bounds are reached for sure."""
-    url = f"redis://127.0.0.1:{redis_server.port}/{FULL_QUEUE_DB}"
     settings = Settings(
-        _env_file=None, redis_url=url, results_dir=tmp_path, checkpoint_dir=tmp_path,
+        _env_file=None, redis_url=empty_redis_db, results_dir=tmp_path, checkpoint_dir=tmp_path,
         max_queued_diffusion=2, max_queued_small=1,
     )  # fmt: skip
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    client = redis.Redis.from_url(empty_redis_db)
     try:
         with TestClient(create_app(settings)) as api:
             digits = [api.post("/generate/digits", params={"label": 1, "n": 1, "wait": 0}) for _ in range(3)]
@@ -38,5 +33,4 @@ def test_a_full_queue_refuses_before_creating_anything(redis_server: RedisServer
         assert client.llen("diffusion") == 2 and client.llen("small") == 1
         assert len(client.keys("genserve:job:*")) == 3  # the refused requests left no job behind
     finally:
-        client.flushdb()
         client.close()

@@ -1,47 +1,28 @@
 """Micro-batching end to end: concurrent requests share forward passes and get what they would alone.
 
-The concurrent requests go to a small-model worker that always waits 300 ms for
-company (``BATCH_WAIT_ALWAYS``), so a burst shares forward passes whatever the
-timing; the same requests one at a time go to the ``service`` stack (default
-settings, same checkpoints), where each runs alone.
+The concurrent requests go to the ``small_only`` stack, whose small-model worker always
+waits 300 ms for company (``BATCH_WAIT_ALWAYS``), so a burst shares forward passes
+whatever the timing; the same requests one at a time go to the ``service`` stack
+(default settings, same checkpoints), where each runs alone.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from stack.processes import RedisServer
-
 from .helpers import fetch_png, files_field, pixels, png_bytes
-from .stack import PLUMBING_LIMITS, Stack, start_stack
+from .stack import Stack
 
 pytestmark = pytest.mark.integration
 
 CLIENTS = 8
-BATCHING_DB = 7
-
-
-@pytest.fixture(scope="module")
-def batching(
-    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    yield from start_stack(
-        redis_server,
-        BATCHING_DB,
-        plumbing_checkpoints,
-        tmp_path_factory.mktemp("batching"),
-        queues=("small",),
-        worker_env={"BATCH_WAIT_MS": "300", "BATCH_WAIT_ALWAYS": "true"},
-        **PLUMBING_LIMITS,
-    )
 
 
 def _batch(stack: Stack, job_id: str) -> dict[str, int]:
@@ -62,12 +43,12 @@ def _faces(stack: Stack, seed: int) -> tuple[str, np.ndarray]:
         return job["id"], np.stack([pixels(fetch_png(client, link["url"])) for link in job["result"]["images"]])
 
 
-def test_concurrent_faces_are_the_faces_of_each_seed_alone(service: Stack, batching: Stack) -> None:
+def test_concurrent_faces_are_the_faces_of_each_seed_alone(service: Stack, small_only: Stack) -> None:
     seeds = [1000 + i for i in range(CLIENTS)]
     alone = [_faces(service, seed) for seed in seeds]
-    together = _burst(lambda i: _faces(batching, seeds[i]), CLIENTS)
+    together = _burst(lambda i: _faces(small_only, seeds[i]), CLIENTS)
     assert all(_batch(service, job_id)["requests"] == 1 for job_id, _ in alone)
-    assert max(_batch(batching, job_id)["requests"] for job_id, _ in together) > 1, "no forward pass was shared"
+    assert max(_batch(small_only, job_id)["requests"] for job_id, _ in together) > 1, "no forward pass was shared"
     for seed, (_, one), (_, many) in zip(seeds, alone, together, strict=True):
         assert np.abs(one - many).max() <= 1, f"seed {seed}"  # within 1/255 per pixel
     assert np.abs(alone[0][1] - alone[1][1]).mean() > 5  # and the seeds do differ
@@ -80,7 +61,7 @@ def _classify(stack: Stack, uploads: list) -> tuple[str, list[dict]]:
         return job["id"], job["result"]["predictions"]
 
 
-def test_concurrent_classification_is_each_request_alone(service: Stack, batching: Stack) -> None:
+def test_concurrent_classification_is_each_request_alone(service: Stack, small_only: Stack) -> None:
     rng = np.random.default_rng(1)
     requests = [
         files_field(
@@ -92,8 +73,8 @@ def test_concurrent_classification_is_each_request_alone(service: Stack, batchin
         for i in range(CLIENTS)
     ]
     alone = [_classify(service, uploads) for uploads in requests]
-    together = _burst(lambda i: _classify(batching, requests[i]), CLIENTS)
-    assert max(_batch(batching, job_id)["requests"] for job_id, _ in together) > 1, "no forward pass was shared"
+    together = _burst(lambda i: _classify(small_only, requests[i]), CLIENTS)
+    assert max(_batch(small_only, job_id)["requests"] for job_id, _ in together) > 1, "no forward pass was shared"
     for (_, one), (_, many) in zip(alone, together, strict=True):
         assert [p["image_name"] for p in one] == [p["image_name"] for p in many]
         assert [p["label"] for p in one] == [p["label"] for p in many]

@@ -16,7 +16,6 @@ import pytest
 
 from contract.keys import deliveries_key
 from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL
-from stack.processes import RedisServer
 from stack.requeue import reap_worker_group, requeue_unacked
 
 from .helpers import poll
@@ -24,7 +23,6 @@ from .stack import PLUMBING_LIMITS, Stack, start_stack
 
 pytestmark = pytest.mark.integration
 
-SHUTDOWN_DB, SMALL_SHUTDOWN_DB = 9, 13
 GRACE_S = 1.0
 # A job of 20 images x 40 ddpm steps runs for many seconds on one CPU thread: far past the grace.
 LONG_JOB = {"label": 4, "n": 20, "sampler": "ddpm", "seed": 11, "wait": 0}
@@ -32,29 +30,16 @@ LONG_JOB = {"label": 4, "n": 20, "sampler": "ddpm", "seed": 11, "wait": 0}
 
 @pytest.fixture(scope="module")
 def diffusion_only(
-    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
+    redis_db: str, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
+    # A stack of its own: its diffusion worker is killed, and runs with a short SHUTDOWN_GRACE_S.
     yield from start_stack(
-        redis_server,
-        SHUTDOWN_DB,
+        redis_db,
         plumbing_checkpoints,
         tmp_path_factory.mktemp("shutdown"),
         queues=(QUEUE_DIFFUSION,),
         worker_env={"SHUTDOWN_GRACE_S": str(GRACE_S)},
-        **PLUMBING_LIMITS,
-    )
-
-
-@pytest.fixture(scope="module")
-def small_only(
-    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    yield from start_stack(
-        redis_server,
-        SMALL_SHUTDOWN_DB,
-        plumbing_checkpoints,
-        tmp_path_factory.mktemp("small-shutdown"),
-        queues=(QUEUE_SMALL,),
+        webhooks=False,
         **PLUMBING_LIMITS,
     )
 
@@ -104,7 +89,6 @@ def test_sigterm_mid_job_puts_it_back_on_its_queue_at_once_and_a_new_worker_comp
     assert time.monotonic() - restarted_at < 240
 
 
-
 def test_kill_9_mid_job_then_the_launchers_requeue_and_a_new_worker_complete_every_accepted_job(
     diffusion_only: Stack,
 ) -> None:
@@ -149,14 +133,19 @@ def test_sigterm_to_the_small_worker_under_load_loses_and_strands_nothing(small_
         assert response.status_code in (200, 202), response.text
         ids.append(response.json()["id"])
     worker = stack.workers[QUEUE_SMALL]
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(stack.processes.shutdown_wait_s())
-    client = stack.redis()
-    assert client.hlen("unacked") == 0  # nothing waits for the visibility timeout
-    finished = {job_id for job_id in ids if stack.client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"}
-    assert finished | set(_queued_ids(stack, QUEUE_SMALL)) == set(ids)  # each job done or waiting
-
-    stack.processes.start_worker(stack.processes.specs[QUEUE_SMALL])
+    try:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(stack.processes.shutdown_wait_s())
+        client = stack.redis()
+        assert client.hlen("unacked") == 0  # nothing waits for the visibility timeout
+        finished = {job_id for job_id in ids if stack.client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"}
+        assert finished | set(_queued_ids(stack, QUEUE_SMALL)) == set(ids)  # each job done or waiting
+    finally:
+        # The stack is the session's (test_batching, test_queues use it too): it gets its small worker back.
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+        stack.processes.start_worker(stack.processes.specs[QUEUE_SMALL])
     for job_id in ids:
         done, _ = poll(stack.client, f"/jobs/{job_id}", timeout=120)
         assert done["status"] == "succeeded", done

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,13 +17,11 @@ from contract.broker import api_celery
 from contract.jobs import JobKind, JobRecord
 from contract.keys import deliveries_key, job_key
 from contract.queues import QUEUE_SMALL, QUEUES, TASK_FACES
-from stack.processes import RedisServer
 
 from .stack import OPEN_ACCESS, Stack
 
 pytestmark = pytest.mark.integration
 
-NO_WORKER_DB = 10
 FACES = {"task": "generate_faces", "model": "dcgan-B"}
 
 
@@ -81,19 +78,14 @@ def test_a_failing_job_counts_as_a_failure(service: Stack) -> None:
     assert _value(_samples(service.client), "genserve_tasks_total", **failed) == before + 1
 
 
-def test_queue_lengths_and_no_workers_when_nothing_consumes(redis_server: RedisServer, tmp_path: Path) -> None:
-    url = f"redis://127.0.0.1:{redis_server.port}/{NO_WORKER_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    settings = Settings(_env_file=None, redis_url=url, results_dir=tmp_path, checkpoint_dir=tmp_path, **OPEN_ACCESS)
-    try:
-        with TestClient(create_app(settings)) as api:
-            for seed in (1, 2):
-                assert api.post("/generate/faces", params={"n": 1, "seed": seed, "wait": 0}).status_code == 202
-            samples = _samples(api)
-        assert _value(samples, "genserve_queue_length", queue=QUEUE_SMALL) == 2
-        assert _value(samples, "genserve_queue_length", queue="diffusion") == 0
-        assert _value(samples, "genserve_workers_up", queue=QUEUE_SMALL) == 0
-    finally:
-        client.flushdb()
-        client.close()
+def test_queue_lengths_and_no_workers_when_nothing_consumes(empty_redis_db: str, tmp_path: Path) -> None:
+    settings = Settings(
+        _env_file=None, redis_url=empty_redis_db, results_dir=tmp_path, checkpoint_dir=tmp_path, **OPEN_ACCESS
+    )
+    with TestClient(create_app(settings)) as api:
+        for seed in (1, 2):
+            assert api.post("/generate/faces", params={"n": 1, "seed": seed, "wait": 0}).status_code == 202
+        samples = _samples(api)
+    assert _value(samples, "genserve_queue_length", queue=QUEUE_SMALL) == 2
+    assert _value(samples, "genserve_queue_length", queue="diffusion") == 0
+    assert _value(samples, "genserve_workers_up", queue=QUEUE_SMALL) == 0

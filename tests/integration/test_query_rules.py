@@ -22,9 +22,3 @@ def test_ddpm_with_fewer_steps_is_refused_saying_what_to_send(service: Stack) ->
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert f"all {PLUMBING_T}" in detail and f"steps={PLUMBING_T}" in detail and "ddim" in detail
-
-
-@pytest.mark.parametrize("query", ["n=3&n=5", "n=1_0", "seed=0x10", "label=3&label=3"])
-def test_loose_or_repeated_parameters_are_refused_over_http(service: Stack, query: str) -> None:
-    response = service.client.post(f"/generate/digits?{query}")
-    assert response.status_code == 422 and "query parameter" in response.json()["detail"]

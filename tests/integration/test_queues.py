@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,13 @@ from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
-from stack.processes import RedisServer
 
 from .helpers import files_field, png_bytes
-from .stack import PLUMBING_LIMITS, Stack, start_stack
+from .stack import Stack
 
 pytestmark = pytest.mark.integration
 
 DIGIT = [("7.png", png_bytes(np.random.default_rng(7).integers(0, 256, (28, 28), dtype=np.uint8)), "image/png")]
-NO_WORKER_DB, SMALL_ONLY_DB = 5, 6
 
 
 def _post_all(client: TestClient | object, wait: float) -> dict[str, dict]:
@@ -41,12 +38,10 @@ def _queued(client: redis.Redis, queue: str) -> list[str]:
     return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
 
 
-def test_each_kind_of_job_is_published_to_its_queue(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_each_kind_of_job_is_published_to_its_queue(empty_redis_db: str, tmp_path: Path) -> None:
     """No worker at all: the messages stay where the API put them."""
-    url = f"redis://127.0.0.1:{redis_server.port}/{NO_WORKER_DB}"
-    settings = Settings(_env_file=None, redis_url=url, results_dir=tmp_path, checkpoint_dir=tmp_path)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    settings = Settings(_env_file=None, redis_url=empty_redis_db, results_dir=tmp_path, checkpoint_dir=tmp_path)
+    client = redis.Redis.from_url(empty_redis_db)
     try:
         with TestClient(create_app(settings)) as api:
             jobs = _post_all(api, wait=0)
@@ -55,18 +50,7 @@ def test_each_kind_of_job_is_published_to_its_queue(redis_server: RedisServer, t
         assert sorted(_queued(client, "small")) == sorted([jobs["faces"]["id"], jobs["classify"]["id"]])
         assert client.llen("celery") == 0  # nothing left on Celery's default queue
     finally:
-        client.flushdb()
         client.close()
-
-
-@pytest.fixture(scope="module")
-def small_only(
-    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("small-only")
-    yield from start_stack(
-        redis_server, SMALL_ONLY_DB, plumbing_checkpoints, root, queues=("small",), **PLUMBING_LIMITS
-    )
 
 
 def test_a_worker_on_the_small_queue_runs_only_small_jobs(small_only: Stack) -> None:

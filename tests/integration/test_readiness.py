@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import redis
 import torch
 from fastapi.testclient import TestClient
 
 from api.config import Settings
 from api.main import create_app
 from contract.roles import SERVED
-from stack.processes import RedisServer
 from workers.config import WorkerSettings
 from workers.heartbeat import Heartbeat
 from workers.registry import Registry
@@ -20,8 +18,6 @@ from workers.registry import Registry
 from .stack import OPEN_ACCESS, Stack
 
 pytestmark = pytest.mark.integration
-
-COLD_DB = 11
 
 
 def test_the_running_service_has_every_model_warm(service: Stack) -> None:
@@ -35,12 +31,10 @@ def test_the_running_service_has_every_model_warm(service: Stack) -> None:
 
 
 def test_a_worker_is_ready_only_once_its_models_are_warm(
-    redis_server: RedisServer, plumbing_checkpoints: Path, tmp_path: Path
+    empty_redis_db: str, plumbing_checkpoints: Path, tmp_path: Path
 ) -> None:
     """A real registry and heartbeat in this process, published before and after its warm-up."""
-    url = f"redis://127.0.0.1:{redis_server.port}/{COLD_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    url = empty_redis_db
     settings = WorkerSettings(_env_file=None, redis_url=url, checkpoint_dir=plumbing_checkpoints, device="cpu")
     registry = Registry(settings)
     registry.load()
@@ -62,5 +56,3 @@ def test_a_worker_is_ready_only_once_its_models_are_warm(
     finally:
         heartbeat.stop()
         torch.set_flush_denormal(False)  # loading set it for this whole test process
-        client.flushdb()
-        client.close()
