@@ -20,6 +20,8 @@ from stack.processes import free_port
 from .helpers import open_png
 from .stack import REPO
 
+KEY = "launcher-test-key-0123456789"
+
 pytestmark = pytest.mark.integration
 
 
@@ -31,11 +33,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _launch(tmp_path: Path, port: int, checkpoints: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+def _launch(tmp_path: Path, port: int, checkpoints: Path, **settings: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "API_KEYS")}
     env.update(
         PORT=str(port), CHECKPOINT_DIR=str(checkpoints), RESULTS_DIR=str(tmp_path / "results"),
-        TORCH_THREADS="1", PYTHONUNBUFFERED="1",
+        TORCH_THREADS="1", PYTHONUNBUFFERED="1", **settings,
     )  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-m", "stack"],
@@ -48,8 +50,9 @@ def _launch(tmp_path: Path, port: int, checkpoints: Path) -> subprocess.Popen:
 
 
 def test_launcher_serves_and_stops_everything_on_ctrl_c(tmp_path: Path, plumbing_checkpoints: Path) -> None:
+    """With API keys (the launcher polls /readyz with one) and two API processes on one port."""
     port = free_port()
-    launcher = _launch(tmp_path, port, plumbing_checkpoints)
+    launcher = _launch(tmp_path, port, plumbing_checkpoints, API_KEYS=f"{KEY},other-key-0123456789", API_PROCESSES="2")
     lines: list[str] = []
     try:
         assert launcher.stdout is not None
@@ -61,14 +64,16 @@ def test_launcher_serves_and_stops_everything_on_ctrl_c(tmp_path: Path, plumbing
             if "ready: workers up" in line:
                 break
         output = "".join(lines)
-        assert f"http://localhost:{port}/docs" in output
+        assert f"http://localhost:{port}/docs" in output and "WARNING" not in output
         pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
         assert len(pids) == 5, output  # redis-server, a worker per queue, the webhook worker, uvicorn
         assert "worker for the 'small' queue" in output and "worker for the 'diffusion' queue" in output
+        assert "2 API process(es)" in output
 
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            response = client.post("/generate/faces", headers={"Accept": "image/png"})
-            assert response.status_code == 200 and open_png(response.content).size == (530, 266)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"X-API-Key": KEY}) as client:
+            assert client.get("/readyz", headers={"X-API-Key": ""}).status_code == 401
+            responses = [client.post("/generate/faces", headers={"Accept": "image/png"}) for _ in range(4)]
+            assert all(r.status_code == 200 and open_png(r.content).size == (530, 266) for r in responses)
             assert client.get("/docs").status_code == 200
 
         launcher.send_signal(signal.SIGINT)
