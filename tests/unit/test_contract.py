@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from contract import digits, keys, queues, roles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,19 +53,24 @@ def test_the_walk_finds_a_copy(tmp_path: Path) -> None:
         copy.unlink()
 
 
-@pytest.mark.parametrize("package", ["contract", "api"])
-def test_the_api_side_imports_neither_torch_nor_the_workers(package: str) -> None:
+def test_the_api_side_imports_neither_torch_nor_the_workers() -> None:
+    """Every module of contract/ and api/, and an app built: no torch, no models, no workers, no launcher;
+    and the launcher (make run's parent process, which must not touch CUDA before forking) no torch either."""
     modules = sorted(
         ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for package in ("contract", "api")
         for p in (REPO / package).rglob("*.py")
     )
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'workers', 'stack')))"
+        "sys.modules['api.main'].create_app()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'workers', 'stack')))\n"
+        "import stack.launcher\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'models')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
-    assert out.strip() == "[]"
+    assert out.split() == ["[]", "[]"]
 
 
 def test_api_files_import_the_workers_only_through_the_contract() -> None:
