@@ -13,8 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-# The checkout the code runs from: the default home of checkpoints/ and var/.
-REPO = Path(__file__).resolve().parents[1]
+# The checkout the code runs from, the default home of checkpoints/ and var/; installed as a package
+# (an image, `pip install '.[api]'`), the working directory, never site-packages.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+REPO = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def comma_list(value: Any) -> Any:

@@ -48,7 +48,7 @@ class Heartbeat(threading.Thread):
         while not self._halt.is_set():
             try:
                 self.beat()
-            except redis.RedisError as err:
+            except (redis.RedisError, ValueError) as err:  # ValueError: a registration that does not validate
                 log.warning("heartbeat failed: %s", err)
             self._wake.wait(self.settings.heartbeat_seconds)
             self._wake.clear()
