@@ -1,13 +1,17 @@
 """Digits: accuracy, diversity and cost of the diffusion model's samplers, and the choice of the served one.
 
-    python -m training.evaluate digits-sweep --seed 1 --select   # tuning seed: every row of GRID; picks the default
-    python -m training.evaluate digits-sweep --seed 0 [--top 6]  # report seed: the same table (or its best rows), chooses nothing
-    python -m training.evaluate digits                           # the default (and DDPM-400) on the report seed
+    python -m training.evaluate digits-sweep --seed 1 --select  # tuning seed: every row of GRID; picks the default
+    python -m training.evaluate digits-sweep --seed 0 [--top 6] # report seed: that table (or its best rows)
+    python -m training.evaluate digits                          # the default (and DDPM-400) on the report seed
 
 Accuracy is the project's MNIST-M classifier's on generated digits of each label;
 diversity is the mean pairwise MS-SSIM within a label (``training.diversity``),
-next to the same figure for real MNIST-M val digits; cost is network evaluations
-per image (NFE: a guided step costs two). The default is chosen on the tuning seed
+next to the same figure for real MNIST-M val digits; fidelity and coverage are the
+Frechet distance (FD) and the precision / recall of Kynkaanniemi et al. (2019) in
+the classifier's penultimate features against as many real val digits
+(``training.feature_metrics``), next to the same figures for a second, disjoint set
+of real digits (the "floor": what as good as real scores); cost is network
+evaluations per image (NFE: a guided step costs two). The default is chosen on the tuning seed
 only, by ``SELECTION_RULE``; the numbers reported for it come from the other seed.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +35,7 @@ from models.scheduler import SamplingConfig
 from .data.datasets import load_digits
 from .diversity import per_label_msssim
 from .eval_common import classify_uint8, device_of, record_evaluation, write_metrics
+from .feature_metrics import Reference, classifier_features, compare
 
 TUNING_SEED = 1
 REPORT_SEED = 0
@@ -92,16 +98,65 @@ def generate_digits(
     return images, labels, nfe
 
 
+@dataclass(frozen=True)
+class RealDigits:
+    """Real MNIST-M val digits in the classifier's features: the reference generated digits are scored
+    against, and the floor (``fd``, ``precision``, ``recall`` of a disjoint real set of the same size)."""
+
+    per_digit: int
+    reference: Reference
+    floor: dict[str, float]
+
+
+# One reference per (classifier, data, count) for the life of the process: a sweep scores every row against it.
+_REAL_CACHE: dict[tuple[torch.nn.Module, str, int], RealDigits] = {}
+
+
+def _label_block(labels: torch.Tensor, per_digit: int, start: int) -> torch.Tensor:
+    """Indices of the real digits ``start`` .. ``start + per_digit`` of each label, in val order."""
+    blocks = []
+    for d in range(10):
+        block = torch.nonzero(labels == d).flatten()[start : start + per_digit]
+        if len(block) < per_digit:
+            raise SystemExit(f"real MNIST-M val has fewer than {start + per_digit} digits labelled {d}: "
+                             f"the reference and its floor need two disjoint sets of {per_digit} per label")
+        blocks.append(block)
+    return torch.cat(blocks)
+
+
+def real_reference(clf: torch.nn.Module, data: Path, per_digit: int) -> RealDigits:
+    """The first ``per_digit`` real val digits of each label (those ``real_msssim`` measures) as the reference,
+    and the next ``per_digit`` of each scored against it as the floor; computed once per process.
+
+    FD is biased by sample size (a smaller set's noisier covariance adds to it), so the
+    reference holds exactly as many images as the generated set it is compared with
+    (``measure`` checks), and the floor's second real set as many again.
+    """
+    key = (clf, str(data), per_digit)
+    if key not in _REAL_CACHE:
+        x, y = load_digits(data, "mnistm", "val")
+        first, second = (_label_block(y, per_digit, start) for start in (0, per_digit))
+        reference = Reference.of(classifier_features(clf, x[first]))  # type: ignore[arg-type]
+        floor = compare(reference, classifier_features(clf, x[second]))  # type: ignore[arg-type]
+        _REAL_CACHE[key] = RealDigits(per_digit, reference, {k: round(v, 4) for k, v in floor.items()})
+    return _REAL_CACHE[key]
+
+
 def measure(
     pipe: DigitPipeline, clf: torch.nn.Module, config: SamplingConfig, *, per_digit: int, seed: int, batch: int,
-    out_dir: Path | None = None,
+    real: RealDigits, out_dir: Path | None = None,
 ) -> dict:
-    """One configuration's accuracy, per-class accuracy, MS-SSIM, NFE and seconds per image."""
+    """One configuration's accuracy, per-class accuracy, MS-SSIM, FD / precision / recall against ``real``,
+    NFE and seconds per image."""
+    if real.per_digit != per_digit:
+        raise ValueError(f"FD depends on the sample size: a reference of {real.per_digit} per digit "
+                         f"cannot score {per_digit} per digit")
     device = next(pipe.unet.parameters()).device
     started = time.perf_counter()
     images, labels, nfe = generate_digits(pipe, per_digit, config, seed=seed, batch=batch, out_dir=out_dir)
     seconds = time.perf_counter() - started
     preds = classify_uint8(clf, images.to(device)).cpu()
+    scores = compare(real.reference, classifier_features(clf, images))  # type: ignore[arg-type]
     return {
         **config.to_dict(),
         "label": config_label(config, pipe.schedule.num_train_timesteps),
@@ -109,6 +164,7 @@ def measure(
         "accuracy": round((preds == labels).float().mean().item(), 4),
         "per_class": [round((preds[labels == d] == d).float().mean().item(), 3) for d in range(10)],
         "msssim": round(per_label_msssim(images, labels), 4),
+        **{k: round(v, 4) for k, v in scores.items()},
         "s_per_image": round(seconds / len(labels), 4),
         "images_per_digit": per_digit,
         "seed": seed,
@@ -120,6 +176,23 @@ def real_msssim(data: Path, per_digit: int) -> float:
     x, y = load_digits(data, "mnistm", "val")
     keep = torch.cat([torch.nonzero(y == d).flatten()[:per_digit] for d in range(10)])
     return round(per_label_msssim(x[keep], y[keep]), 4)
+
+
+def _cell(row: dict, key: str, spec: str) -> str:
+    """A row's figure for a table, or "-" (as wide, so columns stay aligned) for a row cached before the
+    figure was measured."""
+    value = row.get(key)
+    return format(value, spec) if value is not None else "-".rjust(len(format(0.0, spec)))
+
+
+def _feature_cells(row: dict) -> str:
+    return (f"FD {_cell(row, 'fd', '7.3f')}  precision {_cell(row, 'precision', '.3f')}  "
+            f"recall {_cell(row, 'recall', '.3f')}")
+
+
+def _floor_text(real: RealDigits) -> str:
+    return (f"a second real set of {real.per_digit} per digit against the first: FD {real.floor['fd']:.3f}, "
+            f"precision {real.floor['precision']:.3f}, recall {real.floor['recall']:.3f}")
 
 
 def select_default(rows: list[dict], real: float) -> dict:
@@ -151,7 +224,8 @@ def sweep(args: argparse.Namespace) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
     done = {r["label"]: r for r in map(json.loads, cache.read_text().splitlines())} if cache.is_file() else {}
     real = real_msssim(args.data, args.sweep_per_digit)
-    print(f"real MNIST-M val, {args.sweep_per_digit} per digit: per-label MS-SSIM {real:.4f}")
+    reference = real_reference(clf, args.data, args.sweep_per_digit)
+    print(f"real MNIST-M val, {args.sweep_per_digit} per digit: per-label MS-SSIM {real:.4f}; {_floor_text(reference)}")
     rows = []
     wanted = _confirmation_rows(args) if args.top else None
     for config in GRID:
@@ -159,14 +233,16 @@ def sweep(args: argparse.Namespace) -> dict:
         if wanted is not None and label not in wanted:
             continue
         if label not in done:
-            done[label] = measure(pipe, clf, config, per_digit=args.sweep_per_digit, seed=args.seed, batch=args.batch)
+            done[label] = measure(pipe, clf, config, per_digit=args.sweep_per_digit, seed=args.seed, batch=args.batch,
+                                  real=reference)
             with cache.open("a") as f:
                 f.write(json.dumps(done[label]) + "\n")
         row = done[label]
         rows.append(row)
         print(f"{label:28s} NFE {row['nfe']:3d}  accuracy {row['accuracy']:.3f}  MS-SSIM {row['msssim']:.3f}  "
-              f"{row['s_per_image']:.3f} s/image")
-    table = {"seed": args.seed, "images_per_digit": args.sweep_per_digit, "real_msssim": real, "rows": rows}
+              f"{_feature_cells(row)}  {row['s_per_image']:.3f} s/image")
+    table = {"seed": args.seed, "images_per_digit": args.sweep_per_digit, "real_msssim": real,
+             **{f"real_{k}": v for k, v in reference.floor.items()}, "rows": rows}
     card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)
     sampling = card.setdefault("sampling", {})
     sampling.setdefault("sweep", {})[f"seed_{args.seed}"] = table
@@ -175,9 +251,11 @@ def sweep(args: argparse.Namespace) -> dict:
         for legacy in ("guidance_scale", "few_step_sampler", "few_step_steps"):  # superseded by "default"
             sampling.pop(legacy, None)
         sampling["default"] = SamplingConfig.from_dict(best).to_dict() | {"nfe": best["nfe"]}
-        sampling["selection"] = {"rule": SELECTION_RULE, "tuning_seed": args.seed, "images_per_digit": args.sweep_per_digit,
-                                 "chosen": best["label"], "accuracy": best["accuracy"], "msssim": best["msssim"], "real_msssim": real}
-        print(f"default: {best['label']} (accuracy {best['accuracy']:.3f}, MS-SSIM {best['msssim']:.3f}, NFE {best['nfe']})")
+        sampling["selection"] = {"rule": SELECTION_RULE, "tuning_seed": args.seed,
+                                 "images_per_digit": args.sweep_per_digit, "chosen": best["label"],
+                                 "accuracy": best["accuracy"], "msssim": best["msssim"], "real_msssim": real}
+        print(f"default: {best['label']} (accuracy {best['accuracy']:.3f}, MS-SSIM {best['msssim']:.3f}, "
+              f"NFE {best['nfe']})")
     write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card)
     return table
 
@@ -196,8 +274,32 @@ def _confirmation_rows(args: argparse.Namespace) -> set[str]:
     return chosen
 
 
+# metrics.json name -> row field, for each evaluated configuration: digits_<key>_<name>.
+_METRIC_FIELDS = (("acc", "accuracy"), ("nfe", "nfe"), ("msssim", "msssim"), ("fid", "fd"),
+                  ("precision", "precision"), ("recall", "recall"))
+
+
+def _real_figures(args: argparse.Namespace, clf: torch.nn.Module) -> tuple[dict, dict]:
+    """Real val digits' MS-SSIM and feature floor, at the larger of the two generated counts, as metrics.json
+    values and card metrics (the floor's count is recorded beside it: FD depends on it)."""
+    per_digit = max(args.per_digit, args.ddpm_per_digit)
+    msssim, reference = real_msssim(args.data, per_digit), real_reference(clf, args.data, per_digit)
+    print(f"real MNIST-M val: per-label MS-SSIM {msssim:.4f}; {_floor_text(reference)}")
+    floor = reference.floor
+    results = {"digits_real_msssim": msssim, "digits_real_fid": floor["fd"],
+               "digits_real_precision": floor["precision"], "digits_real_recall": floor["recall"]}
+    card = {"real_msssim": msssim, "real_fid": floor["fd"], "real_precision": floor["precision"],
+            "real_recall": floor["recall"], "real_images_per_digit": per_digit}
+    return results, card
+
+
 def evaluate_digits(args: argparse.Namespace) -> dict:
-    """The served default (and 400-step DDPM unless ``--ddpm-per-digit 0``) on the report seed."""
+    """The served default (and 400-step DDPM unless ``--ddpm-per-digit 0``) on the report seed.
+
+    Each configuration's FD / precision / recall are against the first ``per_digit`` real
+    val digits of each label, its own count; ``digits_real_fid`` and its precision / recall
+    twins are the floor: a disjoint real set of the same size scored the same way.
+    """
     pipe, card, clf = _load(args)
     device = next(pipe.unet.parameters()).device
     vx, vy = load_digits(args.data, "mnistm", "val")
@@ -213,18 +315,21 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
         if per_digit <= 0:
             continue
         out_dir = Path(args.out) / key if args.out else None
-        row = measure(pipe, clf, config, per_digit=per_digit, seed=args.seed, batch=args.batch, out_dir=out_dir)
-        print(f"digits {row['label']}: {per_digit}/digit, seed {args.seed}, NFE {row['nfe']}, accuracy {row['accuracy']:.4f}, "
-              f"MS-SSIM {row['msssim']:.4f}; per digit " + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(row["per_class"])))
-        results |= {f"digits_{key}_acc": row["accuracy"], f"digits_{key}_nfe": row["nfe"], f"digits_{key}_msssim": row["msssim"]}
+        real = real_reference(clf, args.data, per_digit)
+        row = measure(pipe, clf, config, per_digit=per_digit, seed=args.seed, batch=args.batch, real=real,
+                      out_dir=out_dir)
+        print(f"digits {row['label']}: {per_digit}/digit, seed {args.seed}, NFE {row['nfe']}, "
+              f"accuracy {row['accuracy']:.4f}, MS-SSIM {row['msssim']:.4f}, {_feature_cells(row)}; per digit "
+              + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(row["per_class"])))
+        results |= {f"digits_{key}_{name}": row[field] for name, field in _METRIC_FIELDS}
         card_metrics[f"eval_classifier_acc_{key}"] = row | {"command": args.command}
     if card_metrics:
-        real = real_msssim(args.data, max(args.per_digit, args.ddpm_per_digit))
-        print(f"real MNIST-M val: per-label MS-SSIM {real:.4f}")
-        results["digits_real_msssim"] = real
-        card_metrics["real_msssim"] = real
+        real_results, real_card = _real_figures(args, clf)
+        results |= real_results
+        card_metrics |= real_card
     card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)
     metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS} | card_metrics
     write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card | {"metrics": metrics})
     record_evaluation(args.checkpoint_dir, DIGIT_CHECKPOINT, "digits", args.command)
-    return write_metrics(args.checkpoint_dir, results, drop=tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS))
+    stale = tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS)
+    return write_metrics(args.checkpoint_dir, results, drop=stale)
