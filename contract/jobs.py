@@ -90,6 +90,12 @@ class DigitsResult(BaseModel):
     )
     nfe: int | None = Field(None, description="Network evaluations per image: a guided step costs two.")
     device: str
+    engine: str | None = Field(
+        None, description="What ran the network: `torch`, `openvino` or `onnxruntime`.", examples=["openvino"]
+    )
+    precision: str | None = Field(
+        None, description="Its arithmetic: `fp32`, or `bf16` where measured to give the same digits.", examples=["fp32"]
+    )
     compute_s: float
     grid: ImageLink
     images: list[ImageLink] = Field(description="One PNG per digit, named `<label>_<index>.png` as in the course.")
@@ -176,6 +182,8 @@ DIGITS_DONE_EXAMPLE = {
         "guidance_interval": [55, 370],
         "nfe": 9,
         "device": "cpu",
+        "engine": "openvino",
+        "precision": "fp32",
         "compute_s": 1.9,
         "grid": _link(GRID_NAME),
         "images": [
@@ -349,6 +357,8 @@ def public_result(
             },
             guidance_interval=raw.get("guidance_interval"),
             nfe=raw.get("nfe"),
+            engine=raw.get("engine"),
+            precision=raw.get("precision"),
             grid=link(raw["grid"]),
             images=[link(name) for name in raw["images"]],
             frames=[FrameLink(t=int(t), **link(name).model_dump()) for t, name in raw["frames"].items()],

@@ -35,6 +35,10 @@ class ModelInfo(BaseModel):
     kind: str | None = Field(None, description="The model card's kind.")
     parameters: int | None = None
     dtype: str = Field(description="The dtype it runs in.")
+    engine: str | None = Field(
+        None, description="What runs it: `torch`, or for the diffusion UNet on a CPU `openvino` / `onnxruntime`."
+    )
+    precision: str | None = Field(None, description="The engine's arithmetic: `fp32`, `bf16` or `fp16`.")
     stored_dtype: str | None = Field(None, description="The dtype its weights are stored in.")
     device: str
     metrics: dict[str, Any] = Field(default_factory=dict, description="From the model card.")

@@ -102,6 +102,13 @@ class DigitPipeline:
         self.unet = unet.eval()
         self.schedule = schedule
         self.memory_format = torch.contiguous_format
+        # What _predict_noise calls: the module itself, or an inference engine of it (``use_engine``).
+        self.noise_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = self.unet
+
+    def use_engine(self, engine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> DigitPipeline:
+        """Predict noise with ``engine`` (``models.runtime``: e.g. an OpenVINO compilation of ``unet``) from now on."""
+        self.noise_model = engine
+        return self
 
     def use_channels_last(self) -> DigitPipeline:
         """NHWC weights and inputs: oneDNN's convolutions and GroupNorm run faster so on CPUs."""
@@ -115,9 +122,9 @@ class DigitPipeline:
         param = next(self.unet.parameters())
         tt = t.expand(x.shape[0]).to(x.device)
         if guidance_scale is None:
-            return self.unet(self._as_input(x, param.dtype), tt, labels).float()
+            return self.noise_model(self._as_input(x, param.dtype), tt, labels).float()
         # Classifier-free guidance: one batched pass over the conditional and null inputs.
-        both = self.unet(
+        both = self.noise_model(
             self._as_input(torch.cat([x, x]), param.dtype),
             torch.cat([tt, tt]),
             torch.cat([labels, torch.full_like(labels, NULL_LABEL)]),

@@ -4,6 +4,7 @@ and into ``checkpoints/metrics.json`` (never edited by hand).
     python -m training.evaluate faces [--n 1000]
     python -m training.evaluate digits [--per-digit 100] [--ddpm-per-digit 100]
     python -m training.evaluate digits-sweep --seed 1 --select   # choose the served sampler (see training.evaluate_digits)
+    python -m training.evaluate digits-engines   # may the CPU engines run bf16? (see training.evaluate_runtime)
     python -m training.evaluate dann
     python -m training.evaluate all
     python -m training.evaluate faces-snapshots --run runs/dcgan-B --variant B   # pick the generator to ship
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from contract.roles import DANN_CHECKPOINTS, FACE_CHECKPOINTS
+from contract.settings import REPO
 from models.checkpoints import (
     list_cards,
     load_model,
@@ -39,6 +41,7 @@ from .data.splits import VAL_SIZE, load_target
 from .diversity import mean_pairwise_msssim
 from .eval_common import device_of, record_evaluation, to_uint8_hwc, write_metrics
 from .evaluate_digits import evaluate_digits, sweep
+from .evaluate_runtime import measure_engines
 
 # FID is not measured: it needs Inception weights (pytorch-fid downloads them), and
 # the project's machines cannot fetch them. Diversity is measured by MS-SSIM instead.
@@ -195,7 +198,7 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["faces", "digits", "digits-sweep", "dann", "all", "faces-snapshots"], help="which models to evaluate (faces-snapshots: choose the DCGAN snapshot to ship)")
+    parser.add_argument("what", choices=["faces", "digits", "digits-sweep", "digits-engines", "dann", "all", "faces-snapshots"], help="which models to evaluate (faces-snapshots: choose the DCGAN snapshot to ship; digits-engines: the CPU engines' bf16 against fp32)")
     parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout")
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="checkpoints and cards to evaluate (cards are updated)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -212,10 +215,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=None, help="faces-snapshots: the DCGAN run folder (holds snapshots/)")
     parser.add_argument("--variant", choices=sorted(FACE_CHECKPOINTS), default=None, help="faces-snapshots: which DCGAN")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--engine-cache-dir", type=Path, default=REPO / "var" / "cache" / "onnx", help="digits-engines: where the UNet's ONNX export is kept")
     args = parser.parse_args(argv)
     args.command = command_line(None if argv is None else ["evaluate", *argv], module="training.evaluate")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "digits-engines":
+        measure_engines(args)
+        return
     if args.what == "faces-snapshots":
         if args.run is None or args.variant is None:
             parser.error("faces-snapshots needs --run and --variant")

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from contract.queues import QUEUES, parse_queues
-from contract.settings import ServiceSettings
+from contract.settings import REPO, ServiceSettings
 from contract.webhooks import secret_key
 
 
 class WorkerSettings(ServiceSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per worker process.")
+    digit_engine: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the diffusion UNet on a CPU worker: auto = the fastest of those installed, timed at "
+        "start; a runtime that fails to load falls back to torch. A GPU worker always runs torch.",
+    )
+    digit_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The UNet's arithmetic on a CPU worker. bf16 only where the CPU has bf16 instructions and the "
+        "model card records an accepted bf16 measurement (python -m training.evaluate digits-engines); else fp32.",
+    )
+    engine_cache_dir: Path = Field(
+        REPO / "var" / "cache" / "onnx", description="Where the UNet's ONNX export is kept between worker starts."
+    )
     task_soft_time_limit: int = Field(900, ge=1, description="Seconds before a job is asked to stop.")
     task_time_limit: int = Field(960, ge=1, description="Seconds before a job's process is killed.")
     max_deliveries: int = Field(

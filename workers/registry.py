@@ -21,6 +21,8 @@ import torch
 from contract.roles import ROLE_QUEUES, SERVED, served_for
 from models.checkpoints import CheckpointError
 from models.loading import Pipeline, load_pipeline
+from models.pipelines import DigitPipeline
+from models.runtime import choose_engine, precision_of
 from models.scheduler import SamplingConfig
 
 from .config import WorkerSettings
@@ -45,6 +47,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         weights = self.card.get("weights", {})
+        engine, precision = self.runtime()
         info: dict[str, Any] = {
             "role": self.role,
             "name": self.name,
@@ -52,6 +55,8 @@ class LoadedModel:
             "kind": self.card.get("kind"),
             "parameters": weights.get("parameters"),
             "dtype": str(_first_param(self.pipeline).dtype).removeprefix("torch."),
+            "engine": engine,
+            "precision": precision,
             "stored_dtype": weights.get("dtype"),
             "device": self.device,
             "metrics": self.card.get("metrics", {}),
@@ -63,6 +68,14 @@ class LoadedModel:
             info["guidance_scale"] = default.guidance_scale
             info["sampling"] = default.to_dict()
         return info
+
+    def runtime(self) -> tuple[str, str]:
+        """(engine, precision) that runs the network: the digit pipeline's engine (``models.runtime``), else
+        torch at the weights' dtype."""
+        engine = getattr(self.pipeline, "noise_model", None)
+        if hasattr(engine, "name") and hasattr(engine, "precision"):
+            return engine.name, engine.precision  # type: ignore[union-attr]
+        return "torch", precision_of(_first_param(self.pipeline).dtype)
 
 
 
@@ -126,6 +139,8 @@ class Registry:
                 self.missing[role] = public_reason(err, self.settings.checkpoint_dir)
                 log.warning("not serving %s (%s): %s", role, name, err)
                 continue
+            if isinstance(pipeline, DigitPipeline) and self.device.type == "cpu":
+                self._choose_digit_engine(pipeline, card, name)
             self.models[role] = LoadedModel(role, name, pipeline, card, str(self.device))
         self.loaded_at = time.time()
         log.info(
@@ -136,6 +151,24 @@ class Registry:
             time.perf_counter() - started,
             self.settings.checkpoint_dir,
         )
+
+    def _choose_digit_engine(self, pipeline: DigitPipeline, card: dict, name: str) -> None:
+        """The CPU runtime and precision of the UNet (DIGIT_ENGINE, DIGIT_PRECISION): the fastest of those this
+        machine and the card allow, timed now; torch when the others fail (``models.runtime.choose_engine``)."""
+        settings = self.settings
+        try:
+            engine = choose_engine(
+                pipeline.unet,
+                settings.digit_engine,
+                settings.digit_precision,
+                card,
+                cache_dir=settings.engine_cache_dir,
+                checkpoint_key=name,
+            )
+        except Exception as err:  # the UNet fails in torch too: the warm-up reports it as missing
+            log.warning("digit engine: torch, since choosing one failed: %s: %s", type(err).__name__, err)
+            return
+        pipeline.use_engine(engine)
 
     def warm_up(self, on_warm: Callable[[], None] = lambda: None) -> None:
         """One forward pass per loaded model (``warm_up``), calling ``on_warm`` after each, so

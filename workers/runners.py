@@ -210,6 +210,7 @@ def generate_digits(
     )
     compute_s = time.perf_counter() - started
     names, frame_files = _save_digits(files, labels, n, out, frames=frames, animation=animation)
+    engine, precision = model.runtime()
     return {
         "kind": JobKind.digits,
         "checkpoint": model.name,
@@ -227,6 +228,8 @@ def generate_digits(
         "frames_strip": FRAMES_STRIP_NAME if frames else None,
         "animation": ANIMATION_NAME if animation else None,
         "device": model.device,
+        "engine": engine,
+        "precision": precision,
         "compute_s": round(compute_s, 4),
     }
 

@@ -42,7 +42,10 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         save_model(DANN(), directory, f"dann-{target}", {"metrics": {"acc": 0.5}})
     threads = torch.get_num_threads()
     # One thread: on a shared CPU, several processes' OpenMP pools spinning at once crawl.
-    loaded = Registry(WorkerSettings(_env_file=None, checkpoint_dir=directory, device="cpu", torch_threads=1))
+    settings = WorkerSettings(
+        _env_file=None, checkpoint_dir=directory, device="cpu", torch_threads=1, engine_cache_dir=directory / "onnx"
+    )
+    loaded = Registry(settings)
     loaded.load()
     yield loaded
     # Loading set these for the whole process; the other tests get theirs back.

@@ -37,7 +37,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def registry(checkpoints: Path) -> Iterator[Registry]:
     threads = torch.get_num_threads()
-    loaded = Registry(WorkerSettings(_env_file=None, checkpoint_dir=checkpoints, device="cpu", torch_threads=1))
+    settings = WorkerSettings(
+        _env_file=None, checkpoint_dir=checkpoints, device="cpu", torch_threads=1, engine_cache_dir=checkpoints / "onnx"
+    )
+    loaded = Registry(settings)
     loaded.load()
     yield loaded
     torch.set_num_threads(threads)
