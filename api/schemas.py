@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contract.digits import ANIMATION_MAX_FRAMES, FRAME_TIMESTEPS, NUM_TRAIN_TIMESTEPS
+from contract.digits import ANIMATION_MAX_FRAMES, DISTILLED_STEPS, FRAME_TIMESTEPS, NUM_TRAIN_TIMESTEPS
 from contract.jobs import Sampler
 from contract.queues import QUEUES
 from contract.registration import WorkerRegistration
@@ -95,7 +95,10 @@ class DigitsQuery(_Query):
             "chosen by measured accuracy and diversity; `GET /models` shows it), at most 10 network evaluations "
             "per image. `unipc` (UniPC) and `dpmpp-2m` (DPM-Solver++ 2M) are multistep solvers that need few steps "
             "(default 10); `dpmpp-2m-sde` is DPM-Solver++'s stochastic variant; `ddim` is the deterministic sampler "
-            f"of Song et al. (default 25 steps). `ddpm` is the report's full {NUM_TRAIN_TIMESTEPS}-step ancestral sampler: 40 times "
+            "of Song et al. (default 25 steps). `distilled` is a student network distilled from the guided "
+            f"sampler: {DISTILLED_STEPS} steps, one network evaluation each, guidance folded in (send no `steps` "
+            "or `guidance`). "
+            f"`ddpm` is the report's full {NUM_TRAIN_TIMESTEPS}-step ancestral sampler: 40 times "
             "the network evaluations of the default, so on a CPU worker expect a `202` and poll."
         ),
         examples=["unipc"],

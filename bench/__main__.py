@@ -26,6 +26,7 @@ from .markdown import render
 # (for its ``add_args``), whichever sections run.
 SECTIONS: dict[str, str] = {
     "samplers": "bench.samplers",
+    "runtime": "bench.runtime",
     "service": "bench.service",
     "memory": "bench.memory",
     "load": "bench.load",

@@ -73,3 +73,17 @@ def stack_env(args: Any, root: Path, **extra: str) -> dict[str, str]:
         "RATE_LIMIT_READS": "off",
         **extra,
     }
+
+
+def time_turns(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Each run, after one warm-up call, ``repeats`` times in turns (A B C A B C ...): a load that comes and
+    goes on a shared machine falls on all alike. Seconds per call, by name."""
+    for run in runs.values():  # warm-up: allocator, oneDNN primitives, lazy imports
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return times

@@ -120,7 +120,39 @@ def load(section: dict[str, Any]) -> list[str]:
     return lines
 
 
-RENDERERS = {"samplers": samplers, "service": service, "memory": memory, "load": load}
+def _speed_table(rows: list[dict], extra: str = "") -> list[str]:
+    head = "| engine, precision | ms | speed-up |" + (f" {extra} |" if extra else "")
+    lines = [head, "|---|---|---|" + ("---|" if extra else "")]
+    for r in rows:
+        tail = f" {_num(r.get(extra.replace(' ', '_')), '{}')} |" if extra else ""
+        lines.append(f"| {r['name']} | {r['ms']:.1f} | {r['speedup']:.2f}x |{tail}")
+    return lines
+
+
+def runtime(section: dict[str, Any]) -> list[str]:
+    lines = ["## Digit runtimes (`--sections runtime`)", "", _machine(section), "",
+             f"{section.get('threads')} torch threads; bf16 instructions on this CPU: "
+             f"{'yes' if section.get('cpu_has_bf16') else 'no'}. Each engine and precision in turns; speed-ups are "
+             "against eager PyTorch fp32.", ""]
+    step = section.get("unet_step")
+    if step:
+        lines += [f"{step['what']}:", "", *_speed_table(step["rows"], "max abs diff"), ""]
+    digits = section.get("ten_digits_in_process")
+    if digits:
+        lines += ["Ten digits in this process, the guided default and the distilled student (speed-up against the "
+                  "guided default in eager PyTorch):", "", *_speed_table(digits["rows"], "nfe"), ""]
+    service = section.get("service")
+    if service:
+        lines += [f"`{service['request']}` through the service, two stacks asked in turns:", "",
+                  "| stack | sampler | NFE | engine | p50 (s) | p95 (s) |", "|---|---|---|---|---|---|"]
+        for name, r in service["rows"].items():
+            lines.append(f"| {name} | {r['sampler']}-{r['steps']} g{r['guidance']:g} | {r['nfe']} | "
+                         f"{r['engine']} {r['precision']} | {r['p50_s']:.3f} | {r['p95_s']:.3f} |")
+        lines += ["", f"p50 as served / p50 eager: {service['p50_ratio_served_to_eager']:.3f}."]
+    return lines
+
+
+RENDERERS = {"samplers": samplers, "runtime": runtime, "service": service, "memory": memory, "load": load}
 
 
 def render(results: dict[str, Any]) -> str:

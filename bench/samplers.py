@@ -23,6 +23,8 @@ from models.loading import load_pipeline
 from models.pipelines import DigitPipeline, count_nfe
 from models.scheduler import SamplingConfig
 
+from .common import time_turns
+
 DIGITS = list(range(10))  # "10 digits": one of each label, as a request without a label asks
 
 
@@ -59,18 +61,6 @@ def _sweep_rows(card: dict) -> dict[str, dict]:
     return rows
 
 
-def _time_turns(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    for run in runs.values():  # warm-up: allocator, oneDNN primitives, lazy imports
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
-    return times
-
-
 def sampler_table(pipe: DigitPipeline, card: dict, args: argparse.Namespace) -> list[dict]:
     configs = configurations(card, args.with_ddpm)
     measured = _sweep_rows(card)
@@ -85,7 +75,7 @@ def sampler_table(pipe: DigitPipeline, card: dict, args: argparse.Namespace) -> 
             generator=torch.Generator().manual_seed(0),
         )
 
-    times = _time_turns({name: sample(config) for name, config in configs.items()}, args.sampler_repeats)
+    times = time_turns({name: sample(config) for name, config in configs.items()}, args.sampler_repeats)
     base = statistics.median(times["ddim-25 g2"])
     table = []
     for name, config in configs.items():
@@ -211,7 +201,7 @@ def fast_path(checkpoint_dir: Path, args: argparse.Namespace) -> dict:
     runs = _fast_path_runs(plain, fast.unet, x, t, y)
     if args.with_compile:
         runs["served + torch.compile"], compile_s = _compiled(plain, x, t, y)
-    times = _time_turns(runs, max(3, args.sampler_repeats))
+    times = time_turns(runs, max(3, args.sampler_repeats))
     base = statistics.median(times["baseline (no_grad, NCHW, fp32)"])
     bf16_error = _bf16_error(plain, x, t, y)
     result = {

@@ -6,8 +6,12 @@ from __future__ import annotations
 NUM_TRAIN_TIMESTEPS = 400
 # The report's reverse-process figure.
 FRAME_TIMESTEPS = (400, 320, 240, 160, 80, 0)
-# Digit samplers a request may name; models.scheduler builds each of them.
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc")
+# The few-step student distilled from the guided sampler (training.distill): its own network, no guidance.
+DISTILLED = "distilled"
+# Its DDIM steps, which are its network evaluations per image; what it is trained for, so fixed.
+DISTILLED_STEPS = 4
+# Digit samplers a request may name; models.scheduler builds each of them (``distilled`` runs DDIM on the student).
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", DISTILLED)
 # Side of a generated and of a classified digit (MNIST-M, and DANN's input).
 DIGIT_SIZE = 28
 # The animated reverse process: every step the sampler visits, at most this many frames, evenly spread.

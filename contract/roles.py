@@ -17,6 +17,8 @@ Target = Literal["svhn", "usps"]
 # The served checkpoints, by the name their files carry in the checkpoint folder.
 FACE_CHECKPOINTS: dict[str, str] = {"A": "dcgan-A", "B": "dcgan-B"}
 DIGIT_CHECKPOINT = "ddpm-digits"
+# The few-step student of the digit model's guided sampler; the digit worker loads it beside its teacher.
+DIGIT_STUDENT_CHECKPOINT = "ddpm-digits-distilled"
 DANN_CHECKPOINTS: dict[str, str] = {"svhn": "dann-svhn", "usps": "dann-usps"}
 
 FACE_ROLES: dict[str, str] = {variant: f"faces:{variant}" for variant in FACE_CHECKPOINTS}

@@ -7,7 +7,7 @@ from typing import Union
 
 import torch
 
-from .checkpoints import CheckpointError, load_model
+from .checkpoints import CheckpointError, card_path, load_model
 from .pipelines import DannClassifier, DigitPipeline, FacePipeline
 from .scheduler import NoiseSchedule, NoiseScheduleConfig
 
@@ -27,7 +27,17 @@ def load_pipeline(
         return FacePipeline(model), card
     if kind == "conditional-unet":
         schedule = NoiseSchedule(NoiseScheduleConfig(**card.get("schedule", {})))
-        return DigitPipeline(model, schedule), card
+        pipe = DigitPipeline(model, schedule)
+        student = student_name(card)
+        if student is not None and card_path(Path(directory), student).is_file():
+            pipe.attach_student(load_model(directory, student, device=device, dtype=dtype)[0])
+        return pipe, card
     if kind == "dann":
         return DannClassifier(model, card.get("preprocess", {}).get("normalize", "half")), card
     raise CheckpointError(f"{name!r} is a {kind!r}, which has no serving pipeline")
+
+
+def student_name(card: dict) -> str | None:
+    """The distilled student a diffusion model's card names (``sampling.student``, written by
+    ``training.evaluate digits`` once the student is measured against it), if any."""
+    return card.get("sampling", {}).get("student", {}).get("checkpoint")

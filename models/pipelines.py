@@ -14,12 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from contract.digits import DISTILLED
+from contract.roles import DIGIT_STUDENT_CHECKPOINT
+
 from .dann import DANN
 from .dcgan import Generator
 from .scheduler import STOCHASTIC_SAMPLERS, NoiseSchedule, SamplerName
 from .unet import NULL_LABEL, ConditionalUNet
 
 ProgressCallback = Callable[[int, int], None]
+NoiseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, labels) -> predicted noise
 FrameCallback = Callable[[int, torch.Tensor], None]  # (wanted paper timestep, image in [0, 1])
 Normalization = Literal["half", "per_image"]
 
@@ -103,12 +107,36 @@ class DigitPipeline:
         self.schedule = schedule
         self.memory_format = torch.contiguous_format
         # What _predict_noise calls: the module itself, or an inference engine of it (``use_engine``).
-        self.noise_model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = self.unet
+        self.noise_model: NoiseFn = self.unet
+        # The few-step student of the guided sampler (``sampler="distilled"``), when one is attached.
+        self.student: ConditionalUNet | None = None
+        self.student_model: NoiseFn | None = None
 
-    def use_engine(self, engine: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> DigitPipeline:
-        """Predict noise with ``engine`` (``models.runtime``: e.g. an OpenVINO compilation of ``unet``) from now on."""
-        self.noise_model = engine
+    def use_engine(self, engine: NoiseFn, *, student: bool = False) -> DigitPipeline:
+        """Predict noise with ``engine`` (``models.runtime``: e.g. an OpenVINO compilation of ``unet``, or of the
+        student with ``student=True``) from now on."""
+        if student:
+            self.student_model = engine
+        else:
+            self.noise_model = engine
         return self
+
+    def attach_student(self, student: ConditionalUNet) -> DigitPipeline:
+        """Serve ``sampler="distilled"``: the student distilled from this model's guided sampler (training.distill)."""
+        self.student = student.eval()
+        self.student_model = self.student
+        return self
+
+    def network_for(self, sampler: str) -> NoiseFn:
+        """What evaluates the noise for ``sampler``: the student for ``distilled``, else the model itself."""
+        if sampler != DISTILLED:
+            return self.noise_model
+        if self.student_model is None:
+            raise ValueError(
+                f"sampler={DISTILLED} needs the distilled student ({DIGIT_STUDENT_CHECKPOINT}) beside the model, and "
+                "this worker has none: train it (python -m training distill) or pick another sampler"
+            )
+        return self.student_model
 
     def use_channels_last(self) -> DigitPipeline:
         """NHWC weights and inputs: oneDNN's convolutions and GroupNorm run faster so on CPUs."""
@@ -117,14 +145,14 @@ class DigitPipeline:
         return self
 
     def _predict_noise(
-        self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float | None
+        self, net: NoiseFn, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float | None
     ) -> torch.Tensor:
         param = next(self.unet.parameters())
         tt = t.expand(x.shape[0]).to(x.device)
         if guidance_scale is None:
-            return self.noise_model(self._as_input(x, param.dtype), tt, labels).float()
+            return net(self._as_input(x, param.dtype), tt, labels).float()
         # Classifier-free guidance: one batched pass over the conditional and null inputs.
-        both = self.noise_model(
+        both = net(
             self._as_input(torch.cat([x, x]), param.dtype),
             torch.cat([tt, tt]),
             torch.cat([labels, torch.full_like(labels, NULL_LABEL)]),
@@ -163,6 +191,9 @@ class DigitPipeline:
         device = next(self.unet.parameters()).device
         labels = torch.as_tensor(labels, dtype=torch.long, device=device)
         size = self.unet.config.sample_size
+        net = self.network_for(sampler)
+        if sampler == DISTILLED:
+            guidance_scale = 1.0  # folded into the student's weights
         sched = self.schedule.make_sampler(sampler, steps)
         x = torch.randn(
             labels.shape[0], self.unet.config.in_channels, size, size, generator=generator, device=device
@@ -175,7 +206,7 @@ class DigitPipeline:
         recorder = _FrameRecorder(timesteps, self.schedule.num_train_timesteps, frame_timesteps, trajectory, on_frame)
         recorder.keep(0, x)
         for i, t in enumerate(sched.timesteps):
-            eps = self._predict_noise(x, t, labels, guidance_scale if guided[i] else None)
+            eps = self._predict_noise(net, x, t, labels, guidance_scale if guided[i] else None)
             x = sched.step(eps, t, x, **step_kwargs).prev_sample
             recorder.keep(i + 1, x)
             if callback is not None:

@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
-from contract.digits import NUM_TRAIN_TIMESTEPS, SAMPLERS
+from contract.digits import DISTILLED, DISTILLED_STEPS, NUM_TRAIN_TIMESTEPS, SAMPLERS
 
 from .unet import NULL_LABEL
 
@@ -83,7 +83,8 @@ class NoiseSchedule:
     def make_sampler(self, name: SamplerName = "ddpm", steps: int | None = None) -> SchedulerMixin:
         """A fresh diffusers scheduler with its timesteps set; one per sampling call.
 
-        ``ddpm`` is ancestral sampling over all T steps (``steps`` ignored). The others
+        ``ddpm`` is ancestral sampling over all T steps (``steps`` ignored). ``distilled`` is DDIM's
+        update, the one its student network was trained to take (``training.distill``). The others
         run ``steps`` steps spaced so that the first starts from pure noise at t=T
         ("trailing" spacing): ``ddim`` is the deterministic (eta=0) sampler of Song et
         al.; ``dpmpp-2m`` is DPM-Solver++(2M) and ``dpmpp-2m-sde`` its stochastic
@@ -108,7 +109,7 @@ class NoiseSchedule:
             raise ValueError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
         if steps is None or not 1 <= steps <= c.num_train_timesteps:
             raise ValueError(f"{name} needs 1 <= steps <= {c.num_train_timesteps}, got {steps}")
-        if name == "ddim":
+        if name in ("ddim", DISTILLED):  # the student is trained for DDIM's updates
             sched = DDIMScheduler(
                 timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=c.clip_sample, **common
             )
@@ -140,7 +141,7 @@ class NoiseSchedule:
 
 
 # Steps a sampler runs when a request names it without ``steps``.
-DEFAULT_STEPS = {"ddim": 25, "dpmpp-2m": 10, "dpmpp-2m-sde": 10, "unipc": 10}
+DEFAULT_STEPS = {"ddim": 25, "dpmpp-2m": 10, "dpmpp-2m-sde": 10, "unipc": 10, DISTILLED: DISTILLED_STEPS}
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,10 @@ class SamplingConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.sampler == "ddpm" and self.steps is not None:
             object.__setattr__(self, "steps", None)  # ancestral sampling always runs every step
+        if self.sampler == DISTILLED:  # its student runs its trained steps, guidance folded into its weights
+            object.__setattr__(self, "steps", self.steps or DISTILLED_STEPS)
+            object.__setattr__(self, "guidance_scale", 1.0)
+            object.__setattr__(self, "guidance_interval", None)
         if self.guidance_interval is not None:
             lo, hi = (int(v) for v in self.guidance_interval)
             if lo > hi:
@@ -193,6 +198,16 @@ class SamplingConfig:
             steps=int(sampling.get("few_step_steps", DEFAULT_STEPS["ddim"])),
             guidance_scale=float(sampling.get("guidance_scale", 1.0)),
         )
+
+    @classmethod
+    def served_default(cls, card: dict, *, has_student: bool) -> SamplingConfig:
+        """What a request that names no sampling choice gets: the distilled student where the card's measurement
+        made it the default (``sampling.student.default``, ``training.evaluate digits``) and it is loaded, else
+        ``card_default``, the guided configuration the student was distilled from."""
+        student = card.get("sampling", {}).get("student", {})
+        if has_student and student.get("default") is True:
+            return cls(DISTILLED, int(student.get("steps", DISTILLED_STEPS)))
+        return cls.card_default(card)
 
     def override(
         self,

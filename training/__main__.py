@@ -4,6 +4,7 @@
     python -m training ddpm
     python -m training dann --target svhn --mode dann
     python -m training classifier
+    python -m training distill          # a few-step student of the served digit sampler
 
 Every run: a progress bar with its losses, sample grids or validation accuracy in
 its run folder, ``--resume``, a fixed and printed ``--seed``, CPU or CUDA chosen
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import classifier, dann, dcgan, ddpm
+from . import classifier, dann, dcgan, ddpm, distill
 from .common import command_line
 
-TRAINERS = {"dcgan": dcgan, "ddpm": ddpm, "dann": dann, "classifier": classifier}
+TRAINERS = {"dcgan": dcgan, "ddpm": ddpm, "dann": dann, "classifier": classifier, "distill": distill}
 
 
 def main(argv: list[str] | None = None) -> None:

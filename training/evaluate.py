@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from contract.roles import DANN_CHECKPOINTS, FACE_CHECKPOINTS
+from contract.roles import DANN_CHECKPOINTS, DIGIT_STUDENT_CHECKPOINT, FACE_CHECKPOINTS
 from contract.settings import REPO
 from models.checkpoints import (
     list_cards,
@@ -43,8 +43,8 @@ from .eval_common import device_of, record_evaluation, to_uint8_hwc, write_metri
 from .evaluate_digits import evaluate_digits, sweep
 from .evaluate_runtime import measure_engines
 
-# FID is not measured: it needs Inception weights (pytorch-fid downloads them), and
-# the project's machines cannot fetch them. Diversity is measured by MS-SSIM instead.
+# Inception FID is not measured: it needs Inception weights (pytorch-fid downloads them), and
+# the project's machines cannot fetch them. Faces: MS-SSIM; digits: MS-SSIM and FD on the project classifier.
 FACE_MSSSIM = {"scales": 4, "max_pairs": 2000}  # 64x64 faces: four scales (see training.diversity)
 
 
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep-per-digit", type=int, default=20, help="digits-sweep: generated images per digit and configuration")
     parser.add_argument("--top", type=int, default=0, help="digits-sweep on another seed: only the tuning seed's N best rows within the NFE budget, the default and the reference")
     parser.add_argument("--select", action="store_true", help="digits-sweep: choose the served default from this seed's table (the tuning seed only)")
+    parser.add_argument("--student", default=DIGIT_STUDENT_CHECKPOINT, help="digits: the distilled student measured against the guided default, which it replaces if it matches it ('' to skip)")
     parser.add_argument("--ddpm-per-digit", type=int, default=100, help="generated images per digit for 400-step DDPM (0: skip)")
     parser.add_argument("--batch", type=int, default=100, help="sampling batch size")
     parser.add_argument("--out", type=Path, default=Path("runs/eval_digits"), help="where generated digits are saved as <digit>_<NNN>.png (and the sweep's rows)")

@@ -2,7 +2,7 @@
 
     python -m training.evaluate digits-sweep --seed 1 --select  # tuning seed: every row of GRID; picks the default
     python -m training.evaluate digits-sweep --seed 0 [--top 6] # report seed: that table (or its best rows)
-    python -m training.evaluate digits                          # the default (and DDPM-400) on the report seed
+    python -m training.evaluate digits                          # the default, the student (and DDPM-400): report seed
 
 Accuracy is the project's MNIST-M classifier's on generated digits of each label;
 diversity is the mean pairwise MS-SSIM within a label (``training.diversity``),
@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from contract.roles import DIGIT_CHECKPOINT
-from models.checkpoints import load_model, read_card, update_metrics, write_card
+from contract.digits import DISTILLED, DISTILLED_STEPS
+from contract.roles import DIGIT_CHECKPOINT, DIGIT_STUDENT_CHECKPOINT
+from models.checkpoints import card_path, load_model, read_card, update_metrics, write_card
 from models.loading import EVAL_CLASSIFIER, load_pipeline
 from models.pipelines import DigitPipeline
 from models.scheduler import SamplingConfig
@@ -44,6 +45,13 @@ MAX_NFE = 10
 MSSSIM_TOLERANCE = 0.05
 # Measured by earlier versions of this command, for configurations the sweep now covers.
 STALE_METRICS = ("eval_classifier_acc_fewstep_noguidance",)
+# The distilled student replaces the guided default only if it matches it on the report seed (issue's bars).
+STUDENT_ACCURACY_DROP, STUDENT_MSSSIM_GAP, STUDENT_FD_RATIO = 0.005, 0.01, 1.10
+STUDENT_RULE = (
+    f"the distilled student is the served default only if, on the report seed, its accuracy is at least the guided "
+    f"default's minus {STUDENT_ACCURACY_DROP}, its MS-SSIM within {STUDENT_MSSSIM_GAP} of the guided default's, and "
+    f"its Frechet distance at most {STUDENT_FD_RATIO}x the guided default's"
+)
 SELECTION_RULE = (
     f"highest accuracy among configurations with at most {MAX_NFE} network evaluations per image whose "
     f"per-label MS-SSIM is at most real MNIST-M val's + {MSSSIM_TOLERANCE}; ties: lower MS-SSIM"
@@ -293,24 +301,33 @@ def _real_figures(args: argparse.Namespace, clf: torch.nn.Module) -> tuple[dict,
     return results, card
 
 
-def evaluate_digits(args: argparse.Namespace) -> dict:
-    """The served default (and 400-step DDPM unless ``--ddpm-per-digit 0``) on the report seed.
+def attach_student(pipe: DigitPipeline, args: argparse.Namespace) -> str | None:
+    """The distilled student (``--student``; absent: the shipped one beside the model) attached to be measured."""
+    name = getattr(args, "student", DIGIT_STUDENT_CHECKPOINT)
+    if not name or not card_path(args.checkpoint_dir, name).is_file():
+        return None
+    if pipe.student is None:
+        pipe.attach_student(load_model(args.checkpoint_dir, name, device=next(pipe.unet.parameters()).device)[0])
+    return name
 
-    Each configuration's FD / precision / recall are against the first ``per_digit`` real
-    val digits of each label, its own count; ``digits_real_fid`` and its precision / recall
-    twins are the floor: a disjoint real set of the same size scored the same way.
-    """
-    pipe, card, clf = _load(args)
-    device = next(pipe.unet.parameters()).device
-    vx, vy = load_digits(args.data, "mnistm", "val")
-    real_acc = (classify_uint8(clf, vx.to(device)).cpu() == vy).float().mean().item()
-    print(f"evaluation classifier on real MNIST-M val ({len(vx)} images): accuracy {real_acc:.4f}")
-    update_metrics(args.checkpoint_dir, EVAL_CLASSIFIER, {"mnistm_val_acc": round(real_acc, 4)})
-    record_evaluation(args.checkpoint_dir, EVAL_CLASSIFIER, "mnistm_val", args.command)
-    default = SamplingConfig.card_default(card)
-    runs = [("ddpm", default.override(sampler="ddpm"), args.ddpm_per_digit), ("fewstep", default, args.per_digit)]
-    results: dict = {"eval_classifier_mnistm_val_acc": round(real_acc, 4)}
-    card_metrics = {}
+
+def student_verdict(guided: dict, student: dict) -> dict:
+    """``STUDENT_RULE``'s three checks of the student's row against the guided teacher's, and whether all pass."""
+    checks = {
+        "accuracy": student["accuracy"] >= guided["accuracy"] - STUDENT_ACCURACY_DROP,
+        "msssim": abs(student["msssim"] - guided["msssim"]) <= STUDENT_MSSSIM_GAP,
+        "fd": student["fd"] <= STUDENT_FD_RATIO * guided["fd"],
+    }
+    return {"checks": checks, "default": all(checks.values())}
+
+
+def _measure_runs(args: argparse.Namespace, pipe: DigitPipeline, clf: torch.nn.Module, student: str | None) -> dict:
+    """Each evaluated configuration's row by key: ``ddpm``, ``guided`` (the card's), ``distilled`` (the student)."""
+    guided = SamplingConfig.card_default(read_card(args.checkpoint_dir, DIGIT_CHECKPOINT))
+    runs = [("ddpm", guided.override(sampler="ddpm"), args.ddpm_per_digit), ("guided", guided, args.per_digit)]
+    if student is not None:
+        runs.append(("distilled", SamplingConfig(DISTILLED), args.per_digit))
+    rows = {}
     for key, config, per_digit in runs:
         if per_digit <= 0:
             continue
@@ -321,6 +338,46 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
         print(f"digits {row['label']}: {per_digit}/digit, seed {args.seed}, NFE {row['nfe']}, "
               f"accuracy {row['accuracy']:.4f}, MS-SSIM {row['msssim']:.4f}, {_feature_cells(row)}; per digit "
               + " ".join(f"{d}:{a:.2f}" for d, a in enumerate(row["per_class"])))
+        rows[key] = row
+    return rows
+
+
+def _served_choice(args: argparse.Namespace, rows: dict, student: str | None) -> tuple[str, dict | None]:
+    """Which row is the served default (``fewstep``), and the card's ``sampling.student`` record."""
+    if student is None or "guided" not in rows:
+        return "guided", None
+    verdict = student_verdict(rows["guided"], rows["distilled"])
+    print(f"distilled student {'is' if verdict['default'] else 'is not'} the default: "
+          + ", ".join(f"{k} {'ok' if ok else 'FAILS'}" for k, ok in verdict["checks"].items()))
+    record = {"checkpoint": student, "steps": DISTILLED_STEPS, **verdict, "rule": STUDENT_RULE, "seed": args.seed,
+              "images_per_digit": args.per_digit, "command": args.command}
+    return ("distilled" if verdict["default"] else "guided"), record
+
+
+def evaluate_digits(args: argparse.Namespace) -> dict:
+    """The guided default, the distilled student when there is one (and 400-step DDPM unless
+    ``--ddpm-per-digit 0``) on the report seed; the student becomes the served default by ``STUDENT_RULE``.
+
+    ``digits_fewstep_*`` are the served default's figures (whichever sampler ``sampling.student.default`` makes
+    it), beside ``digits_guided_*`` and ``digits_distilled_*``. Each configuration's FD / precision / recall are
+    against the first ``per_digit`` real val digits of each label, its own count; ``digits_real_fid`` and its
+    precision / recall twins are the floor: a disjoint real set of the same size scored the same way.
+    """
+    pipe, _, clf = _load(args)
+    device = next(pipe.unet.parameters()).device
+    vx, vy = load_digits(args.data, "mnistm", "val")
+    real_acc = (classify_uint8(clf, vx.to(device)).cpu() == vy).float().mean().item()
+    print(f"evaluation classifier on real MNIST-M val ({len(vx)} images): accuracy {real_acc:.4f}")
+    update_metrics(args.checkpoint_dir, EVAL_CLASSIFIER, {"mnistm_val_acc": round(real_acc, 4)})
+    record_evaluation(args.checkpoint_dir, EVAL_CLASSIFIER, "mnistm_val", args.command)
+    student = attach_student(pipe, args)
+    rows = _measure_runs(args, pipe, clf, student)
+    served, student_record = _served_choice(args, rows, student)
+    if served in rows:
+        rows["fewstep"] = rows[served]
+    results: dict = {"eval_classifier_mnistm_val_acc": round(real_acc, 4)}
+    card_metrics = {}
+    for key, row in rows.items():
         results |= {f"digits_{key}_{name}": row[field] for name, field in _METRIC_FIELDS}
         card_metrics[f"eval_classifier_acc_{key}"] = row | {"command": args.command}
     if card_metrics:
@@ -329,6 +386,10 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
         card_metrics |= real_card
     card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)
     metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS} | card_metrics
+    if student_record is not None:
+        card.setdefault("sampling", {})["student"] = student_record
+        update_metrics(args.checkpoint_dir, student, {k: rows["distilled"][k] for k in ("accuracy", "msssim", "fd")})
+        record_evaluation(args.checkpoint_dir, student, "digits", args.command)
     write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card | {"metrics": metrics})
     record_evaluation(args.checkpoint_dir, DIGIT_CHECKPOINT, "digits", args.command)
     stale = tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 import torch
 
+from contract.digits import DISTILLED
 from contract.roles import DIGIT_CHECKPOINT
 from models.checkpoints import load_model, read_card, write_card
 from models.loading import EVAL_CLASSIFIER, load_pipeline
@@ -88,8 +89,9 @@ def engine_record(row: dict, fp32: dict, engine: NoiseModel, digest: str, comman
 def _measure_with(
     pipe: DigitPipeline, engine: NoiseModel, clf: torch.nn.Module, config: SamplingConfig, args: argparse.Namespace
 ) -> dict:
-    """``evaluate_digits.measure`` of the pipeline run by ``engine``: the same figures as ``digits`` reports."""
-    pipe.use_engine(engine)
+    """``evaluate_digits.measure`` of the pipeline run by ``engine`` (the student's, for the distilled sampler):
+    the same figures as ``digits`` reports."""
+    pipe.use_engine(engine, student=config.sampler == DISTILLED)
     # measure() scores the digits' features against as many real val digits (--data), read once per process.
     real = evaluate_digits.real_reference(clf, args.data, args.per_digit)
     return evaluate_digits.measure(
@@ -103,8 +105,9 @@ def _print_row(what: str, row: dict) -> None:
 
 
 def measure_engines(args: argparse.Namespace) -> dict[str, dict]:
-    """fp32 torch and each candidate precision on the report seed (always on the CPU: these are CPU runtimes);
-    the records are written to the card's ``runtime.measured`` and returned."""
+    """fp32 torch and each candidate precision on the report seed (always on the CPU: these are CPU runtimes), for
+    the diffusion model at its guided default and for its distilled student when there is one; each network's
+    records are written to its own card's ``runtime.measured`` and returned by checkpoint name."""
     pipe, card = load_pipeline(args.checkpoint_dir, DIGIT_CHECKPOINT, device="cpu")
     assert isinstance(pipe, DigitPipeline)
     clf, _ = load_model(args.checkpoint_dir, EVAL_CLASSIFIER, device="cpu")
@@ -112,26 +115,36 @@ def measure_engines(args: argparse.Namespace) -> dict[str, dict]:
     if not pairs:
         print("this CPU has no bf16 instructions (avx512_bf16 / amx_bf16): no reduced precision to measure here")
         return {}
-    config = SamplingConfig.card_default(card)
-    fp32 = _measure_with(pipe, TorchEngine(pipe.unet), clf, config, args)
-    _print_row("torch fp32", fp32)
-    digest = weights_digest(pipe.unet)
-    export = functools.partial(export_onnx, pipe.unet, DIGIT_CHECKPOINT, args.engine_cache_dir)
+    networks = [(DIGIT_CHECKPOINT, pipe.unet, SamplingConfig.card_default(card))]
+    student = evaluate_digits.attach_student(pipe, args)
+    if student is not None:
+        networks.append((student, pipe.student, SamplingConfig(DISTILLED)))
+    return {name: _measure_network(args, pipe, clf, name, net, config, pairs) for name, net, config in networks}
+
+
+def _measure_network(
+    args: argparse.Namespace, pipe: DigitPipeline, clf: torch.nn.Module, name: str, net: torch.nn.Module,
+    config: SamplingConfig, pairs: list[tuple[str, str]],
+) -> dict[str, dict]:
+    fp32 = _measure_with(pipe, TorchEngine(net), clf, config, args)
+    _print_row(f"{name} torch fp32", fp32)
+    digest = weights_digest(net)
+    export = functools.partial(export_onnx, net, name, args.engine_cache_dir)
     records: dict[str, dict] = {}
-    for name, precision in pairs:
+    for engine_name, precision in pairs:
         try:
-            engine = build_engine(name, precision, pipe.unet, export)
+            engine = build_engine(engine_name, precision, net, export)
         except Exception as err:  # not installed, or it does not compile here: nothing to measure
-            print(f"{name} {precision}: not measured ({type(err).__name__}: {err})")
+            print(f"{engine_name} {precision}: not measured ({type(err).__name__}: {err})")
             continue
         row = _measure_with(pipe, engine, clf, config, args)
-        _print_row(f"{name} {precision}", row)
-        record = records[record_key(name, precision)] = engine_record(row, fp32, engine, digest, args.command)
+        _print_row(f"{name} {engine_name} {precision}", row)
+        record = records[record_key(engine_name, precision)] = engine_record(row, fp32, engine, digest, args.command)
         print(f"{'':18s} accuracy {record['accuracy'] - record['fp32_accuracy']:+.4f}, MS-SSIM "
               f"{record['msssim'] - record['fp32_msssim']:+.4f} vs fp32: "
               f"{'accepted' if record['accepted'] else 'not accepted'}")
-    card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)  # read again: the card may have changed meanwhile
+    card = read_card(args.checkpoint_dir, name)  # read again: the card may have changed meanwhile
     card.setdefault("runtime", {}).setdefault("measured", {}).update(records)
-    write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card)
-    record_evaluation(args.checkpoint_dir, DIGIT_CHECKPOINT, "digits-engines", args.command)
+    write_card(args.checkpoint_dir, name, card)
+    record_evaluation(args.checkpoint_dir, name, "digits-engines", args.command)
     return records

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from contract.roles import ROLE_QUEUES, SERVED, served_for
-from models.checkpoints import CheckpointError
-from models.loading import Pipeline, load_pipeline
+from contract.digits import DISTILLED
+from models.checkpoints import CheckpointError, read_card
+from models.loading import Pipeline, load_pipeline, student_name
 from models.pipelines import DigitPipeline
 from models.runtime import choose_engine, precision_of
 from models.scheduler import SamplingConfig
@@ -64,15 +65,25 @@ class LoadedModel:
         }
         if self.card.get("kind") == "conditional-unet":
             info["num_train_timesteps"] = self.card.get("schedule", {}).get("num_train_timesteps")
-            default = SamplingConfig.card_default(self.card)
-            info["guidance_scale"] = default.guidance_scale
+            pipeline = self.pipeline
+            assert isinstance(pipeline, DigitPipeline)
+            default = SamplingConfig.served_default(self.card, has_student=pipeline.student is not None)
+            guided = SamplingConfig.card_default(self.card)
+            info["guidance_scale"] = guided.guidance_scale
             info["sampling"] = default.to_dict()
+            if pipeline.student is not None:
+                info["student"] = {"name": student_name(self.card), "engine": self.runtime(DISTILLED)[0],
+                                   "precision": self.runtime(DISTILLED)[1], "guided_sampling": guided.to_dict()}
         return info
 
-    def runtime(self) -> tuple[str, str]:
-        """(engine, precision) that runs the network: the digit pipeline's engine (``models.runtime``), else
-        torch at the weights' dtype."""
-        engine = getattr(self.pipeline, "noise_model", None)
+    def runtime(self, sampler: str | None = None) -> tuple[str, str]:
+        """(engine, precision) that runs the network: the digit pipeline's engine (``models.runtime``; the
+        student's for ``sampler="distilled"``), else torch at the weights' dtype."""
+        pipeline = self.pipeline
+        if isinstance(pipeline, DigitPipeline):
+            engine = pipeline.student_model if sampler == DISTILLED else pipeline.noise_model
+        else:
+            engine = None
         if hasattr(engine, "name") and hasattr(engine, "precision"):
             return engine.name, engine.precision  # type: ignore[union-attr]
         return "torch", precision_of(_first_param(self.pipeline).dtype)
@@ -141,6 +152,8 @@ class Registry:
                 continue
             if isinstance(pipeline, DigitPipeline) and self.device.type == "cpu":
                 self._choose_digit_engine(pipeline, card, name)
+                if pipeline.student is not None:
+                    self._choose_digit_engine(pipeline, self._student_card(card), student_name(card), student=True)
             self.models[role] = LoadedModel(role, name, pipeline, card, str(self.device))
         self.loaded_at = time.time()
         log.info(
@@ -152,23 +165,27 @@ class Registry:
             self.settings.checkpoint_dir,
         )
 
-    def _choose_digit_engine(self, pipeline: DigitPipeline, card: dict, name: str) -> None:
-        """The CPU runtime and precision of the UNet (DIGIT_ENGINE, DIGIT_PRECISION): the fastest of those this
-        machine and the card allow, timed now; torch when the others fail (``models.runtime.choose_engine``)."""
+    def _student_card(self, card: dict) -> dict:
+        return read_card(self.settings.checkpoint_dir, student_name(card) or "")
+
+    def _choose_digit_engine(self, pipeline: DigitPipeline, card: dict, name: str | None, student: bool = False) -> None:
+        """The CPU runtime and precision of the UNet, or of its student (DIGIT_ENGINE, DIGIT_PRECISION): the fastest
+        of those this machine and the card allow, timed now; torch when the others fail
+        (``models.runtime.choose_engine``)."""
         settings = self.settings
         try:
             engine = choose_engine(
-                pipeline.unet,
+                pipeline.student if student else pipeline.unet,  # type: ignore[arg-type]
                 settings.digit_engine,
                 settings.digit_precision,
                 card,
                 cache_dir=settings.engine_cache_dir,
-                checkpoint_key=name,
+                checkpoint_key=name or "student",
             )
         except Exception as err:  # the UNet fails in torch too: the warm-up reports it as missing
             log.warning("digit engine: torch, since choosing one failed: %s: %s", type(err).__name__, err)
             return
-        pipeline.use_engine(engine)
+        pipeline.use_engine(engine, student=student)
 
     def warm_up(self, on_warm: Callable[[], None] = lambda: None) -> None:
         """One forward pass per loaded model (``warm_up``), calling ``on_warm`` after each, so

@@ -20,6 +20,7 @@ from contract.jobs import JobKind
 from models.pipelines import (
     DannClassifier,
     DigitOutput,
+    DigitPipeline,
     FacePipeline,
     FrameCallback,
     digits_from_uint8,
@@ -118,8 +119,18 @@ def _digit_config(
     guidance: float | None,
     guidance_interval: Sequence[int] | None,
 ) -> SamplingConfig:
-    """The request's sampling configuration; what it leaves out comes from the model card's default."""
-    return SamplingConfig.card_default(model.card).override(
+    """The request's sampling configuration; what it leaves out comes from the model card's default.
+
+    A request with no sampling choice gets the served default (the distilled student, where the card made it so);
+    one that names a sampler, steps or guidance starts from the guided configuration, which those tune.
+    """
+    pipeline = model.pipeline
+    has_student = isinstance(pipeline, DigitPipeline) and pipeline.student is not None
+    chosen = sampler is not None or steps is not None or guidance is not None or guidance_interval
+    base = SamplingConfig.card_default(model.card) if chosen else SamplingConfig.served_default(
+        model.card, has_student=has_student
+    )
+    return base.override(
         sampler=sampler,
         steps=steps,
         guidance_scale=guidance,
@@ -210,7 +221,7 @@ def generate_digits(
     )
     compute_s = time.perf_counter() - started
     names, frame_files = _save_digits(files, labels, n, out, frames=frames, animation=animation)
-    engine, precision = model.runtime()
+    engine, precision = model.runtime(config.sampler)
     return {
         "kind": JobKind.digits,
         "checkpoint": model.name,

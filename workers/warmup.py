@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from contract.digits import DIGIT_SIZE
+from contract.digits import DIGIT_SIZE, DISTILLED
 from models.loading import Pipeline
 from models.pipelines import DannClassifier, DigitPipeline, FacePipeline
 from models.scheduler import SamplingConfig
@@ -13,6 +13,8 @@ from models.scheduler import SamplingConfig
 def warm_up_digits(pipeline: DigitPipeline, card: dict) -> None:
     """One guided network evaluation, so the first request does not pay for oneDNN's (or cuDNN's) set-up."""
     pipeline([0], sampler="ddim", steps=1, guidance_scale=SamplingConfig.card_default(card).guidance_scale)
+    if pipeline.student is not None:
+        pipeline([0], sampler=DISTILLED, steps=1)
 
 
 def warm_up(pipeline: Pipeline, card: dict) -> None:

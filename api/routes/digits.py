@@ -13,7 +13,7 @@ from api.parsing.query_rules import strict_query
 from api.routes.common import draw_seed, error_responses, job_responses
 from api.schemas import DigitsQuery
 from api.service.idempotency import Idempotency
-from contract.digits import NUM_TRAIN_TIMESTEPS
+from contract.digits import DISTILLED, DISTILLED_STEPS, NUM_TRAIN_TIMESTEPS
 from contract.jobs import DIGITS_DONE_EXAMPLE, JobKind, JobPublic
 from contract.queues import TASK_DIGITS
 from contract.roles import DIGIT_ROLE
@@ -60,6 +60,7 @@ async def generate_digits(
             f"n={query.n} per label x {len(labels)} labels = {len(labels) * query.n} images, above the limit of "
             f"{settings.max_digit_images} (MAX_DIGIT_IMAGES): lower n or pick one label"
         )
+    _check_distilled(query)
     model = await workers.require(DIGIT_ROLE)
     # No worker live yet (the job may queue for one): the shipped model's timesteps, as the schema says.
     timesteps = (model.num_train_timesteps if model is not None else None) or NUM_TRAIN_TIMESTEPS
@@ -90,3 +91,19 @@ async def generate_digits(
     )
     state = await jobs.wait(record.id, wait)
     return await jobs.response(record, state, representation=representation)
+
+
+def _check_distilled(query: DigitsQuery) -> None:
+    """The distilled student runs the steps it was trained for, with guidance folded into its weights."""
+    if query.sampler != DISTILLED:
+        return
+    if query.steps is not None and query.steps != DISTILLED_STEPS:
+        raise InvalidParameter(
+            f"sampler={DISTILLED} always runs the {DISTILLED_STEPS} steps its student was trained for, so "
+            f"steps={query.steps} cannot apply: drop `steps`, or pick another sampler (unipc, dpmpp-2m, ddim)"
+        )
+    if query.guidance is not None or query.guidance_interval is not None:
+        raise InvalidParameter(
+            f"sampler={DISTILLED} has classifier-free guidance folded into its student: drop `guidance` "
+            "(and `guidance_from`/`guidance_to`), or pick a guided sampler (unipc, dpmpp-2m, ddim)"
+        )

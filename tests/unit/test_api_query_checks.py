@@ -19,6 +19,7 @@ from api.errors import describe_validation_error
 from api.main import create_app
 from api.parsing.query_rules import query_problems
 from api.service.idempotency import Idempotency
+from contract.digits import DISTILLED, DISTILLED_STEPS
 from contract.keys import IDEMPOTENCY_KEY_PREFIX
 
 DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -221,3 +222,21 @@ def test_a_fingerprint_depends_on_the_parameters_only() -> None:
     elsewhere = Idempotency.of("k", "POST /generate/digits", {"n": 3, "model": "B", "seed": None})
     assert elsewhere is not None and elsewhere.redis_key != first.redis_key
     assert Idempotency.of(None, "POST /generate/faces", {"n": 3}) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [("steps=10", ("steps=10", f"{DISTILLED_STEPS} steps")), ("guidance=3", ("guidance",)),
+     ("guidance_from=50&guidance_to=300", ("guidance_from",))],
+)
+def test_the_distilled_sampler_refuses_steps_and_guidance_it_cannot_apply(
+    client: TestClient, query: str, names: tuple[str, ...]
+) -> None:
+    response = client.post(f"/generate/digits?label=3&sampler={DISTILLED}&{query}")
+    assert response.status_code == 422, response.text
+    assert all(name in response.json()["detail"] for name in names), response.text
+
+
+def test_the_distilled_sampler_alone_or_with_its_own_steps_passes(client: TestClient) -> None:
+    for query in ("", f"&steps={DISTILLED_STEPS}"):
+        assert client.post(f"/generate/digits?label=3&sampler={DISTILLED}{query}").status_code == 503
