@@ -203,10 +203,14 @@ class DigitPipeline:
         # Only the stochastic schedulers' step() takes a generator (UniPC's has no such argument).
         step_kwargs = {"generator": generator} if sampler in STOCHASTIC_SAMPLERS else {}
         total = len(timesteps)
-        recorder = _FrameRecorder(timesteps, self.schedule.num_train_timesteps, frame_timesteps, trajectory, on_frame)
+        # The student's few DDIM steps pass most wanted frames by: those are drawn where its path crosses them.
+        path = self.schedule.alphas_cumprod if sampler == DISTILLED else None
+        recorder = _FrameRecorder(timesteps, self.schedule.num_train_timesteps, frame_timesteps, trajectory, on_frame,
+                                  path_abar=path)
         recorder.keep(0, x)
         for i, t in enumerate(sched.timesteps):
             eps = self._predict_noise(net, x, t, labels, guidance_scale if guided[i] else None)
+            recorder.keep_between(i, x, eps, int(t))
             x = sched.step(eps, t, x, **step_kwargs).prev_sample
             recorder.keep(i + 1, x)
             if callback is not None:
@@ -222,7 +226,10 @@ class DigitPipeline:
 
 class _FrameRecorder:
     """The first image of a sampling run at the positions ``frame_plan`` picks for the wanted frames (each
-    handed to ``on_frame`` at once) and, with ``trajectory``, at every position."""
+    handed to ``on_frame`` at once) and, with ``trajectory``, at every position.
+
+    With ``path_abar`` (a DDIM run: the distilled student's), a wanted frame that no position sits on is drawn
+    where the run's DDIM path crosses it instead of at the nearest position (``keep_between``)."""
 
     def __init__(
         self,
@@ -231,9 +238,12 @@ class _FrameRecorder:
         wanted: Sequence[int],
         trajectory: bool,
         on_frame: FrameCallback | None,
+        path_abar: torch.Tensor | None = None,
     ) -> None:
         self.times = visit_times(timesteps, num_train_timesteps)
-        self.plan = frame_plan(timesteps, num_train_timesteps, wanted)
+        self.abar = path_abar
+        self.between = [w for w in wanted if w not in self.times] if path_abar is not None else []
+        self.plan = frame_plan(timesteps, num_train_timesteps, [w for w in wanted if w not in self.between])
         self.trajectory = trajectory
         self.on_frame = on_frame
         self.frames: dict[int, torch.Tensor] = {}
@@ -249,9 +259,26 @@ class _FrameRecorder:
         if self.trajectory:
             self.path.append((self.times[position], image))
         for want in wants:
-            self.frames[want] = image
-            if self.on_frame is not None:
-                self.on_frame(want, image)
+            self._emit(want, image)
+
+    def _emit(self, want: int, image: torch.Tensor) -> None:
+        self.frames[want] = image
+        if self.on_frame is not None:
+            self.on_frame(want, image)
+
+    def keep_between(self, position: int, x: torch.Tensor, eps: torch.Tensor, t: int) -> None:
+        """The wanted frames strictly between ``position`` and the next: where the DDIM step from the first image
+        ``x`` (noise prediction ``eps`` at scheduler index ``t``) passes paper time w, the sample
+        sqrt(abar_w) x0 + sqrt(1 - abar_w) eps, with x0 clipped as the step clips it."""
+        wants = [w for w in self.between if self.times[position + 1] < w < self.times[position]]
+        if not wants or self.abar is None:
+            return
+        abar = self.abar.to(x.device)
+        a = abar[t]
+        x0 = ((x[:1] - (1 - a).sqrt() * eps[:1]) / a.sqrt()).clamp(-1, 1)
+        for want in wants:
+            b = abar[want - 1]  # scheduler index w - 1 holds paper time w
+            self._emit(want, to_unit_range(b.sqrt() * x0[0] + (1 - b).sqrt() * eps[0]).cpu())
 
 
 def visit_times(timesteps: Sequence[int], num_train_timesteps: int) -> list[int]:

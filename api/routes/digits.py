@@ -29,7 +29,7 @@ router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Depends(
         "Samples `n` MNIST-M-style digits of `label` (absent: `n` of every digit, a grid row per label, "
         "the report's 10x10 figure) from the class-conditional diffusion model. `frames=true` adds the "
         "reverse process of the first image at t = 400, 320, 240, 160, 80, 0 (for a few-step sampler, the nearest "
-        "step it visits), and `GET /jobs/{id}/events` streams them live while the job runs; `animation=true` adds an "
+        "step it visits; for `distilled`, where its DDIM path crosses t), and `GET /jobs/{id}/events` streams them live while the job runs; `animation=true` adds an "
         "animated PNG of the whole reverse process.\n\n"
         "By default the digits come from the model's recommended few-step configuration (`GET /models` shows it; "
         "`sampler`, `steps`, `guidance` and `guidance_from`/`guidance_to` override it).\n\n"

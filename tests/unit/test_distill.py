@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from contract.digits import DISTILLED, DISTILLED_STEPS
+from contract.digits import DISTILLED, DISTILLED_STEPS, FRAME_TIMESTEPS
 from contract.roles import DIGIT_CHECKPOINT, DIGIT_STUDENT_CHECKPOINT
 from models.checkpoints import load_state, read_card, save_model, write_card
 from models.loading import load_pipeline
@@ -106,10 +106,16 @@ def test_the_student_serves_the_distilled_sampler_and_is_the_default_only_by_its
         return
     calls: list[int] = []
     pipe.student.register_forward_hook(lambda *_: calls.append(1))
-    out = pipe([3, 4], sampler=DISTILLED, steps=DISTILLED_STEPS, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(0), frame_timesteps=(400, 240, 0))
+    shown: list[int] = []
+    out = pipe([3, 4], sampler=DISTILLED, steps=DISTILLED_STEPS, guidance_scale=5.0, frame_timesteps=FRAME_TIMESTEPS,
+               generator=torch.Generator().manual_seed(0), on_frame=lambda t, _: shown.append(t))
     assert out.nfe == DISTILLED_STEPS and len(calls) == DISTILLED_STEPS, "one student pass per step, no guidance"
-    assert out.images.shape == (2, 3, 28, 28) and sorted(out.frames) == [0, 240, 400]
+    assert out.images.shape == (2, 3, 28, 28) and shown == sorted(FRAME_TIMESTEPS, reverse=True)
+    # 4 steps visit 400, 300, 200, 100, 0: the other frames are drawn where the DDIM path crosses them, so the
+    # report's six frames are six different images (the nearest visited step would show 200 twice).
+    frames = [out.frames[t] for t in FRAME_TIMESTEPS]
+    assert all(not torch.equal(a, b) for i, a in enumerate(frames) for b in frames[i + 1 :])
+    assert torch.equal(out.frames[0], out.images[0])
 
 
 def test_a_distilled_request_takes_its_trained_steps_and_no_guidance() -> None:
