@@ -23,6 +23,16 @@ from .keys import WORKERS_INDEX_KEY, worker_key
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\'\"]+[/\\])+([^\s/\\'\"]*)")
 
 
+class StudentInfo(BaseModel):
+    name: str | None = Field(description="The student's checkpoint.")
+    engine: str = Field(description="What runs it (as `engine` of its teacher).")
+    precision: str = Field(description="The engine's arithmetic.")
+    guided_sampling: dict[str, Any] = Field(
+        description="The guided configuration it was distilled from, where requests naming a sampler, steps or "
+        "guidance start."
+    )
+
+
 class ModelInfo(BaseModel):
     role: str = Field(
         description="What the model serves: `faces:A`, `faces:B`, `digits`, `classify:svhn`, `classify:usps`."
@@ -49,6 +59,9 @@ class ModelInfo(BaseModel):
         None,
         description="The recommended sampling configuration that a digits request gets by default (diffusion only).",
         examples=[{"sampler": "unipc", "steps": 5, "guidance_scale": 5.0, "guidance_interval": [55, 370]}],
+    )
+    student: StudentInfo | None = Field(
+        None, description="The distilled student that serves `sampler=distilled` (diffusion only, when loaded)."
     )
 
 

@@ -242,7 +242,9 @@ class _FrameRecorder:
     ) -> None:
         self.times = visit_times(timesteps, num_train_timesteps)
         self.abar = path_abar
-        self.between = [w for w in wanted if w not in self.times] if path_abar is not None else []
+        # Outside the run's span (a model of fewer timesteps than the wanted frame) the nearest position stands in.
+        inside = [w for w in wanted if w not in self.times and self.times[-1] < w < self.times[0]]
+        self.between = inside if path_abar is not None else []
         self.plan = frame_plan(timesteps, num_train_timesteps, [w for w in wanted if w not in self.between])
         self.trajectory = trajectory
         self.on_frame = on_frame

@@ -28,7 +28,9 @@ import uvicorn
 
 from api.config import Settings
 from api.main import create_app
+from contract.digits import DISTILLED_STEPS
 from contract.queues import QUEUES
+from contract.roles import DIGIT_STUDENT_CHECKPOINT
 from stack.processes import free_port
 from stack.services import LocalStack, webhook_worker_spec, worker_specs
 
@@ -95,11 +97,16 @@ def write_plumbing_checkpoints(directory: Path) -> Path:
         save_model(generator, directory, f"dcgan-{variant}", {"training": {"hardware": "none (untrained)"}})
     # A short schedule keeps the full ancestral (ddpm) sampler to seconds on a CPU.
     schedule = NoiseScheduleConfig(num_train_timesteps=PLUMBING_T).to_dict()
+    # A student beside it serves sampler=distilled; its card's verdict keeps the guided default.
+    student = {"checkpoint": DIGIT_STUDENT_CHECKPOINT, "steps": DISTILLED_STEPS, "default": False}
     save_model(
         ConditionalUNet(UNetConfig(base_channels=8)),
         directory,
         "ddpm-digits",
-        {"schedule": schedule, "sampling": {"guidance_scale": 1.0}},
+        {"schedule": schedule, "sampling": {"guidance_scale": 1.0, "student": student}},
+    )
+    save_model(
+        ConditionalUNet(UNetConfig(base_channels=8)), directory, DIGIT_STUDENT_CHECKPOINT, {"schedule": schedule}
     )
     for target in ("svhn", "usps"):
         save_model(DANN(), directory, f"dann-{target}", {"metrics": {"target_accuracy": None}})

@@ -120,3 +120,18 @@ def test_ddpm_job_reports_its_step_while_running(service: Stack) -> None:
     steps = [p["step"] for p in progress]
     assert steps == sorted(steps)
     assert done["result"]["sampler"] == "ddpm" and done["result"]["steps"] == PLUMBING_T
+
+
+def test_the_distilled_sampler_serves_its_student_with_every_frame(service: Stack) -> None:
+    response = service.client.post(
+        "/generate/digits", params={"label": 5, "n": 2, "sampler": "distilled", "frames": "true", "seed": 3}
+    )
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert (result["sampler"], result["steps"], result["nfe"], result["guidance"]) == ("distilled", 4, 4, 1.0)
+    assert result["engine"] in ("torch", "openvino", "onnxruntime") and result["precision"] == "fp32"
+    assert [frame["t"] for frame in result["frames"]] == FRAMES
+    workers = service.client.get("/models").json()["workers"]
+    digits = next(m for w in workers for m in w["models"] if m["role"] == "digits")
+    assert digits["student"]["name"] == "ddpm-digits-distilled"
+    assert digits["sampling"]["sampler"] == "ddim", "the plumbing card's verdict keeps the guided default"
