@@ -117,6 +117,33 @@ def _digit_run(card_metrics: dict, key: str) -> str:
     return f" ({label}{nfe}, {run['images_per_digit']} per digit, seed {run['seed']})"
 
 
+def _fidelity_lines(metrics: dict, digit_metrics: dict, card: dict) -> list[str]:
+    """Accuracy beside diversity and fidelity for the guided default, the distilled student and real digits:
+    a sampler that trades diversity for accuracy shows in recall and FD (``training.feature_metrics``)."""
+    if "digits_real_fid" not in metrics:
+        return []
+    count = digit_metrics.get("real_images_per_digit")
+    lines = ["", (f"Fidelity and coverage in the evaluation classifier's features, against the first {count} real "
+                  "MNIST-M val digits of each label (Frechet distance, lower is closer; k-NN precision and recall of "
+                  "Kynkaanniemi et al. 2019); the real row is a second, disjoint real set of that size, the floor:"),
+             "", "| digits | NFE | accuracy | MS-SSIM | FD | precision | recall |", "|---|---|---|---|---|---|---|",
+             (f"| real MNIST-M val | - | {_pct(metrics.get('eval_classifier_mnistm_val_acc'))} | "
+              f"{_num(metrics.get('digits_real_msssim'))} | {_num(metrics.get('digits_real_fid'))} | "
+              f"{_num(metrics.get('digits_real_precision'))} | {_num(metrics.get('digits_real_recall'))} |")]
+    for key, what in (("guided", "guided default"), ("distilled", "distilled student")):
+        if f"digits_{key}_acc" in metrics:
+            lines.append(f"| {what}{_digit_run(digit_metrics, key)} | {metrics.get(f'digits_{key}_nfe')} | "
+                         + " | ".join(_num(metrics.get(f"digits_{key}_{m}")) for m in ("acc", "msssim", "fid",
+                                                                                       "precision", "recall")) + " |")
+    student = card.get("sampling", {}).get("student")
+    if student:
+        verdict = "is" if student["default"] else "is not"
+        failed = [k for k, ok in student["checks"].items() if not ok]
+        lines += ["", f"The distilled student {verdict} the served default"
+                  + (f" (it fails on {', '.join(failed)})" if failed else "") + f": {student['rule']}."]
+    return lines
+
+
 def sampler_sweep_lines(card: dict) -> list[str]:
     """The sampler sweep of the diffusion card: each configuration on the tuning and the report seed."""
     sampling = card.get("sampling", {})
@@ -270,6 +297,7 @@ def _digit_lines(metrics: dict, cards: dict, digits_caption: str) -> list[str]:
         "",
         (f"Diversity, per-label mean pairwise MS-SSIM (lower is more varied): served default "
          f"{_pct(metrics.get('digits_fewstep_msssim'))}, real MNIST-M val {_pct(metrics.get('digits_real_msssim'))}."),
+        *_fidelity_lines(metrics, digit_metrics, cards.get(DIGIT_CHECKPOINT, {})),
         *sampler_sweep_lines(cards.get(DIGIT_CHECKPOINT, {})),
         "",
     ]
