@@ -10,13 +10,16 @@ import os
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import redis
 
 from contract.registration import WorkerRegistration, deregister, register
 
 from .config import WorkerSettings
-from .registry import Registry
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ what it consumes; outside a worker they come from ``WORKER_QUEUES``.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
@@ -18,8 +18,10 @@ from contract.store import ResultStore, make_store
 
 from .batching import MicroBatcher
 from .config import get_settings
-from .heartbeat import Heartbeat
-from .registry import Registry
+
+if TYPE_CHECKING:
+    from .heartbeat import Heartbeat
+    from .registry import Registry
 
 _registry: Registry | None = None
 _heartbeat: Heartbeat | None = None
@@ -34,6 +36,11 @@ def get_registry() -> Registry:
     global _registry, _heartbeat
     with _lock:
         if _registry is None:
+            # Imported here, in the process that serves: a Celery parent imports this module but never runs
+            # a model, and without torch it forks lighter children and exits without torch's exit handlers.
+            from .heartbeat import Heartbeat
+            from .registry import Registry
+
             settings = get_settings()
             registry = Registry(settings, queues=_consumed_queues)
             registry.load()

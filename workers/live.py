@@ -8,8 +8,9 @@ so far; each carries a sequence number, so the API drops the ones it has sent tw
 Progress is not logged: only the newest matters, and the job's Celery state holds it.
 
 Cancelling is a flag in Redis (``protocol.cancel_key``) that the task checks before it
-starts (``tasks.JobTask``, in the round trip that counts the run) and at every sampling step, as Celery's docs advise instead of terminating a
-running task: the job ends with ``JobCanceled`` and writes nothing more.
+starts (``tasks.JobTask``, in the round trip that counts the run) and at every sampling
+step, as Celery's docs advise instead of terminating a running task: the job ends with
+``JobCanceled`` and writes nothing more.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import base64
 import io
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-import torch
 
 from contract.keys import cancel_key, events_channel, events_log_key
 
-from .storage import to_pil
+if TYPE_CHECKING:  # imported by the tasks module, which a Celery parent process imports: torch stays in pool children
+    import torch
 
 
 class JobCanceled(RuntimeError):
@@ -42,6 +43,8 @@ def raise_if_canceled(client: redis.Redis, job_id: str) -> None:
 
 def png_data_url(image: torch.Tensor) -> str:
     """(3, H, W) in [0, 1] -> ``data:image/png;base64,...`` (a 28x28 digit is about 1-2 KB)."""
+    from .storage import to_pil
+
     buffer = io.BytesIO()
     to_pil(image).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from contract.roles import ROLE_QUEUES, SERVED, served_for
 from contract.digits import DISTILLED
+from contract.roles import ROLE_QUEUES, SERVED, served_for
 from models.checkpoints import CheckpointError, read_card
 from models.loading import Pipeline, load_pipeline, student_name
 from models.pipelines import DigitPipeline
@@ -168,7 +168,9 @@ class Registry:
     def _student_card(self, card: dict) -> dict:
         return read_card(self.settings.checkpoint_dir, student_name(card) or "")
 
-    def _choose_digit_engine(self, pipeline: DigitPipeline, card: dict, name: str | None, student: bool = False) -> None:
+    def _choose_digit_engine(
+        self, pipeline: DigitPipeline, card: dict, name: str | None, student: bool = False
+    ) -> None:
         """The CPU runtime and precision of the UNet, or of its student (DIGIT_ENGINE, DIGIT_PRECISION): the fastest
         of those this machine and the card allow, timed now; torch when the others fail
         (``models.runtime.choose_engine``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Task, states
@@ -19,11 +19,13 @@ from contract.keys import cancel_key, deliveries_key, job_key
 from contract.queues import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
 from contract.roles import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, SERVED
 
-from . import live, runners, webhooks
+from . import live, webhooks
 from .celery_app import app
 from .config import get_settings
 from .lifecycle import batch_limit, get_batcher, get_registry, get_store
-from .storage import JobFiles
+
+if TYPE_CHECKING:
+    from .storage import JobFiles
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step sp
 
 
 def _files(task: Task) -> JobFiles:
+    # Torch (storage, runners) is imported only in the processes that run jobs: a Celery parent imports
+    # this module to know its tasks, and must neither carry torch into its forks nor wait on its exit handlers.
+    from .storage import JobFiles
+
     return JobFiles(get_store(), task.request.id)
 
 
@@ -143,6 +149,8 @@ class JobTask(Task):
 @app.task(bind=True, base=JobTask, name=TASK_FACES, track_started=False, throws=EXPECTED)
 def generate_faces(self: Task, *, model: str, n: int, seed: int | None = None) -> dict[str, Any]:
     loaded = get_registry().get(FACE_ROLES[model])
+    from . import runners  # see _files
+
     return runners.generate_faces(
         loaded, _files(self), variant=model, n=n, seed=seed, batcher=get_batcher(), max_batch=batch_limit("faces")
     )
@@ -174,6 +182,8 @@ def generate_digits(
             last = now
             self.update_state(state="PROGRESS", meta={"step": step, "total": total})
 
+    from . import runners  # see _files
+
     return runners.generate_digits(
         loaded,
         _files(self),
@@ -194,6 +204,8 @@ def generate_digits(
 @app.task(bind=True, base=JobTask, name=TASK_CLASSIFY, track_started=False, throws=EXPECTED)
 def classify_digits(self: Task, *, target: str, inputs: str, names: list[str]) -> dict[str, Any]:
     loaded = get_registry().get(CLASSIFY_ROLES[target])
+    from . import runners  # see _files
+
     return runners.classify_digits(
         loaded,
         _files(self),

@@ -73,6 +73,18 @@ def test_the_api_side_imports_neither_torch_nor_the_workers() -> None:
     assert out.split() == ["[]", "[]"]
 
 
+def test_a_celery_parent_process_imports_no_torch() -> None:
+    """What a worker's main process imports (its app and task modules) stays torch-free: models load in the
+    pool children, the parent forks them without torch's libraries and exits without their exit handlers
+    (which page in hundreds of MB of CUDA libraries and have held a SIGTERMed worker past its grace)."""
+    code = (
+        "import sys, workers.celery_app, workers.tasks, workers.webhook_app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'models')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.split() == ["[]"]
+
+
 def test_api_files_import_the_workers_only_through_the_contract() -> None:
     offences = []
     for path in sorted((REPO / "api").rglob("*.py")):
