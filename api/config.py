@@ -3,6 +3,7 @@ variables (or a ``.env`` file in the working directory)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -35,11 +36,40 @@ class Settings(ServiceSettings):
     results_sweep_seconds: float = Field(
         60.0, gt=0, description="How often the API removes expired job folders and enforces RESULTS_MAX_BYTES."
     )
+    redis_max_connections: int = Field(
+        256,
+        ge=4,
+        description="Redis connections per API process; past them a request waits (REDIS_POOL_WAIT_S) for one.",
+    )
+    redis_pool_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a request waits for a free Redis connection before a 503 'busy' with Retry-After.",
+    )
     default_wait_s: float = Field(20.0, ge=0, description="How long a request waits for its job by default.")
     max_wait_s: float = Field(120.0, ge=0, description="The largest `wait` a request may ask for.")
     max_files: int = Field(256, ge=1, description="Images per classification request.")
     max_file_bytes: int = Field(8 * 2**20, ge=1, description="Bytes per uploaded image.")
     max_body_bytes: int = Field(32 * 2**20, ge=1, description="Bytes per request body.")
+    max_json_bytes: int = Field(
+        64 * 2**10,
+        ge=1024,
+        description="Bytes per JSON request body (a job's parameters); a larger one is refused with 413 unread.",
+    )
+    max_json_depth: int = Field(
+        32,
+        ge=2,
+        le=500,
+        description="Nesting levels of arrays and objects in a JSON body; a deeper one is refused with 422 before "
+        "it is parsed (no parameter nests at all).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers once it starts one (or once it "
+        "connects); past it the API answers 408 and closes the connection. Needs uvicorn's `--http "
+        "api.transport:HeaderTimeoutProtocol`, which `make run` and the images pass.",
+    )
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="Width x height per uploaded image.")
     max_digit_images: int = Field(100, ge=1, description="Digits per generation request (labels x n).")
     max_queued_small: int = Field(
@@ -68,6 +98,14 @@ class Settings(ServiceSettings):
         default_factory=list,
         description="Comma-separated origins (`https://app.example`) whose web pages may call the API, or `*`. "
         "Empty: same-origin only; a POST from any other page is refused with 403.",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated addresses or networks (`10.0.0.5`, `172.16.0.0/12`) of the reverse proxies "
+        "whose `X-Forwarded-For` and `X-Forwarded-Proto` the API believes, or `*`: a request from one of them counts "
+        "(rate limits, logs) as from the client the proxy names. Empty (the default): no one's, not even "
+        "127.0.0.1's, so a client cannot pick a new address per request to escape its rate limit. Passed to "
+        "uvicorn by `make run` and the Docker files (uvicorn itself would trust 127.0.0.1).",
     )
 
     results_presign: bool = Field(
@@ -105,6 +143,22 @@ class Settings(ServiceSettings):
                 f"10/second;500/hour, or off ({err})"
             ) from None
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        for entry in entries:
+            try:
+                if entry != "*":
+                    ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                # uvicorn would take it as a literal host name that never matches: a silent no-op.
+                raise ValueError(
+                    f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network: write e.g. 10.0.0.5, "
+                    "172.16.0.0/12 or *"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("cors_allow_origins")
     @classmethod

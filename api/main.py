@@ -17,13 +17,12 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_fastapi_instrumentator import Instrumentator
-from redis.asyncio import Redis
 
 from api import errors, openapi
 from api.access import keys as security
 from api.access.rate_limits import RateLimiter
 from api.config import Settings
-from api.middleware import BodySizeLimit
+from api.middleware import BodySizeLimit, JsonBodyLimit
 from api.operations.live_workers import LiveWorkers
 from api.operations.metrics import ServiceCollector
 from api.operations.retention import ResultsJanitor
@@ -32,6 +31,7 @@ from api.routes.common import error_responses
 from api.service.files import ResultFiles
 from api.service.job_service import JobService
 from api.service.live_events import JobEventStreams
+from api.service.redis_client import make_redis
 from contract.broker import api_celery
 from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL
 from contract.store import make_store
@@ -99,7 +99,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+        redis = make_redis(
+            settings.redis_url, max_connections=settings.redis_max_connections, wait_s=settings.redis_pool_wait_s
+        )
         celery = api_celery(settings.redis_url, settings.job_ttl_seconds)
         store = make_store(settings)
         app.state.redis, app.state.store = redis, store
@@ -162,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(playground.STATIC_PREFIX, playground.static_files(), name="playground")
     app.include_router(health.router, dependencies=guards, responses=guarded)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes, max_depth=settings.max_json_depth)
     security.install(app, settings)
     openapi.install(app, settings)
     _metrics(app, guards, guarded)
