@@ -58,6 +58,12 @@ app.conf.update(
     # above the hard time limit so a long job is not run twice.
     broker_transport_options={"visibility_timeout": settings.task_time_limit + 300},
     broker_connection_retry_on_startup=True,
+    # A Redis restart mid-job: progress and the final state are stored once it is back, not lost with the job
+    # (full-jitter back-off from 0.1 s, capped at 2 s: about as long as workers.redis_client rides out).
+    result_backend_always_retry=True,
+    result_backend_max_retries=20,
+    result_backend_base_sleep_between_retries_ms=100,
+    result_backend_max_sleep_between_retries_ms=2000,
     # Soft shutdown (see above): at most this long for a running job, then back on its queue.
     worker_soft_shutdown_timeout=settings.shutdown_grace_s,
     # Loading every checkpoint (and initialising CUDA) in a fresh child can take

@@ -19,7 +19,7 @@ from contract.keys import cancel_key, deliveries_key, job_key
 from contract.queues import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
 from contract.roles import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, SERVED
 
-from . import live, webhooks
+from . import live, redis_client, webhooks
 from .celery_app import app
 from .config import get_settings
 from .lifecycle import batch_limit, get_batcher, get_registry, get_store
@@ -80,7 +80,7 @@ class JobTask(Task):
     @classmethod
     def client(cls) -> redis.Redis:
         if JobTask._redis is None:
-            JobTask._redis = redis.Redis.from_url(get_settings().redis_url, socket_timeout=5)
+            JobTask._redis = redis_client.connect(get_settings().redis_url)
         return JobTask._redis
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

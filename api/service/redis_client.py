@@ -17,8 +17,11 @@ import asyncio
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class BoundedPool(BlockingConnectionPool):
@@ -44,5 +47,9 @@ def make_redis(redis_url: str, *, max_connections: int, wait_s: float) -> Redis:
         timeout=wait_s,
         socket_connect_timeout=3,
         socket_timeout=5,
+        # After a Redis restart every pooled connection is dead: a command retries on a fresh one rather than
+        # answering 503 while Redis is up. A few short tries only, so an outage is still told at once.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     return Redis(connection_pool=pool)
