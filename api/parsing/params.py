@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 
 from api.config import Settings
 from api.deps import SettingsDep
-from api.errors import InvalidParameter, UnsupportedMediaType
+from api.errors import InvalidParameter, UnsupportedMediaType, shorten
 from contract.webhooks import check_webhook_url
 
 M = TypeVar("M", bound=BaseModel)
@@ -133,7 +133,9 @@ async def json_body(request: Request) -> dict[str, Any]:
                 {
                     "type": "model_type",
                     "loc": (JSON,),
-                    "msg": f'must be a JSON object of parameters, e.g. {{"n": 8, "seed": 7}}, not a {type(body).__name__}',
+                    "msg": (
+                        f'must be a JSON object of parameters, e.g. {{"n": 8, "seed": 7}}, not a {type(body).__name__}'
+                    ),
                     "input": None,
                 }
             ]
@@ -178,8 +180,8 @@ def merge(model: type[M], query: dict[str, Any], body: dict[str, Any]) -> M:
                     "type": "conflicting_parameter",
                     "loc": (JSON, name),
                     "msg": (
-                        f"is {body[name]!r} in the JSON body but {query[name]!r} in the query string: give it once, "
-                        "or the same value in both"
+                        f"is {shorten(repr(body[name]))} in the JSON body but {shorten(repr(query[name]))} in the "
+                        "query string: give it once, or the same value in both"
                     ),
                     "input": None,
                 }
@@ -222,7 +224,12 @@ def only_files(form: Any, files_field: str, query_model: type[BaseModel]) -> Non
             else f"this endpoint takes only {files_field!r} fields (check the name against /docs)"
         )
         problems.append(
-            {"type": "extra_forbidden_form", "loc": ("body", name), "msg": f"is not read from the form: {where}", "input": None}
+            {
+                "type": "extra_forbidden_form",
+                "loc": ("body", name),
+                "msg": f"is not read from the form: {where}",
+                "input": None,
+            }
         )
     if problems:
         raise RequestValidationError(problems)
