@@ -32,6 +32,8 @@ WEBHOOK_WORKER_THREADS = 8
 WORKER_START_TIMEOUT_S = 180
 # After SHUTDOWN_GRACE_S a worker still cancels, requeues and closes its connections.
 SHUTDOWN_MARGIN_S = 10.0
+# uvicorn's h11 protocol with a deadline for a request's headers (HEADER_TIMEOUT_S), which uvicorn lacks.
+HTTP_PROTOCOL = "api.transport:HeaderTimeoutProtocol"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ def api_command(host: str, port: int, processes: int = 1) -> list[str]:
     """uvicorn serving the API; with ``processes`` > 1 it forks that many API processes on one port (and
     restarts one that dies). They share nothing but Redis and the results store, like API replicas on many hosts."""
     command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", str(port)]
+    command += ["--http", HTTP_PROTOCOL]
     return command + (["--workers", str(processes)] if processes > 1 else [])
 
 
