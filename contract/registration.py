@@ -4,6 +4,11 @@ Layout: ``keys.WORKERS_INDEX_KEY`` is a sorted set of worker ids scored by the
 unix time their registration expires; ``keys.worker_key(id)`` holds the JSON of
 a ``WorkerRegistration`` with the same TTL. Readers take the ids whose score is
 in the future, then the keys (``live_query`` and ``decode``), and so never SCAN.
+
+The key's TTL (three heartbeats) is the backstop; readers also judge the beat
+itself (``is_fresh``): a registration whose last beat is older than
+``STALE_AFTER_BEATS`` intervals is not a live worker, even before its key expires.
+A worker stops beating when it can no longer take jobs (``workers.heartbeat``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from .keys import WORKERS_INDEX_KEY, worker_key
 # An absolute path (POSIX or Windows) with at least one folder; group 1 is its last part.
 # Not after a word character, "/" or ":", so URLs (redis://host/0) and relative paths are left alone.
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/\\~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\'\"]+[/\\])+([^\s/\\'\"]*)")
+# Beats a worker may miss before readers count it gone, and the clock difference between hosts they forgive.
+STALE_AFTER_BEATS = 2
+CLOCK_SLACK_S = 1.0
 
 
 class StudentInfo(BaseModel):
@@ -79,6 +87,11 @@ class WorkerRegistration(BaseModel):
     )
     started_at: datetime
     heartbeat_at: datetime
+    heartbeat_s: float | None = Field(
+        None,
+        description="How often it re-registers; a registration whose last beat is older than two of these is stale "
+        "and not counted (by `/readyz` either).",
+    )
     models: list[ModelInfo]
     missing: list[MissingModel] = Field(description="Checkpoints this worker could not load, and why.")
 
@@ -102,11 +115,20 @@ def keys_of(ids: Iterable[bytes | str]) -> list[str]:
     return [worker_key(i.decode() if isinstance(i, bytes) else i) for i in ids]
 
 
-def decode(raw: Iterable[bytes | str | None]) -> list[WorkerRegistration]:
-    """``MGET`` of the registration keys -> the registrations, oldest worker first.
+def is_fresh(worker: WorkerRegistration, now: float | None = None) -> bool:
+    """Whether ``worker`` beat within the last ``STALE_AFTER_BEATS`` intervals (one that does not say its
+    interval, an older worker's, is judged by its key's TTL alone)."""
+    if worker.heartbeat_s is None:
+        return True
+    age = (time.time() if now is None else now) - worker.heartbeat_at.timestamp()
+    return age <= STALE_AFTER_BEATS * worker.heartbeat_s + CLOCK_SLACK_S
+
+
+def decode(raw: Iterable[bytes | str | None], now: float | None = None) -> list[WorkerRegistration]:
+    """``MGET`` of the registration keys -> the registrations of live workers, oldest worker first.
 
     A key that expired between the two reads, or that a worker of another version
-    wrote, is skipped: it is not ours to judge.
+    wrote, is skipped: it is not ours to judge. A stale one (``is_fresh``) is skipped too.
     """
     workers = []
     for item in raw:
@@ -115,6 +137,8 @@ def decode(raw: Iterable[bytes | str | None]) -> list[WorkerRegistration]:
         try:
             worker = WorkerRegistration.model_validate_json(item)
         except (ValueError, ValidationError):
+            continue
+        if not is_fresh(worker, now):
             continue
         for missing in worker.missing:
             missing.reason = without_paths(missing.reason)

@@ -9,6 +9,7 @@ what it consumes; outside a worker they come from ``WORKER_QUEUES``.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ _heartbeat: Heartbeat | None = None
 _batcher: MicroBatcher | None = None
 _store: ResultStore | None = None
 _consumed_queues: tuple[str, ...] = ()  # set at worker_init, inherited by forked pool children
+_parent_pid: int | None = None  # a prefork pool child's Celery parent, which hands it its jobs
 _lock = threading.Lock()
 
 
@@ -47,7 +49,7 @@ def get_registry() -> Registry:
             _registry = registry
             # Registered while warming up, so /readyz can say which models are not warm yet;
             # each model is published as soon as it is. Jobs wait: this runs before the pool takes any.
-            heartbeat = _heartbeat = Heartbeat(registry, settings)
+            heartbeat = _heartbeat = Heartbeat(registry, settings, parent_pid=_parent_pid)
             heartbeat.start()
             registry.warm_up(on_warm=heartbeat.beat_soon)
         return _registry
@@ -91,6 +93,8 @@ def consumed_queues(worker: Any) -> tuple[str, ...]:
 
 @worker_process_init.connect
 def _load_in_child(**_: Any) -> None:
+    global _parent_pid
+    _parent_pid = os.getppid()
     get_registry()
 
 
