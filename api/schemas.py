@@ -29,8 +29,9 @@ _SEED_DESCRIPTION = (
 _WEBHOOK_DESCRIPTION = (
     "A URL to POST the finished job to (as `GET /jobs/{id}` shows it) when it succeeds, fails or is canceled, "
     "signed by the Standard Webhooks convention (`webhook-id`, `webhook-timestamp`, `webhook-signature`). "
-    "`http` or `https`, and its host must be one of the server's `WEBHOOK_ALLOWED_HOSTS` (none: webhooks are off "
-    "and a request with one is refused). Failed deliveries are retried with exponential back-off."
+    "`http` or `https`, with no spaces or control characters (percent-encode them), and its host must be one of "
+    "the server's `WEBHOOK_ALLOWED_HOSTS` (none: webhooks are off and a request with one is refused). Failed "
+    "deliveries are retried with exponential back-off."
 )
 
 

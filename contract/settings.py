@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .webhooks import check_allowed_host
+
 # The checkout the code runs from, the default home of checkpoints/ and var/; installed as a package
 # (an image, `pip install '.[api]'`), the working directory, never site-packages.
 _CHECKOUT = Path(__file__).resolve().parents[1]
@@ -61,12 +63,18 @@ class ServiceSettings(BaseSettings):
     job_ttl_seconds: int = Field(86_400, ge=60, description="How long jobs, results and their files are kept.")
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated hosts (names or IP addresses, any port) a job's `webhook` may call. Empty: "
+        description="Comma-separated hosts (names or IP addresses, without a port: any port) a job's `webhook` may "
+        "call. Empty: "
         "webhooks are off and a request with one is refused with 422. A receiver on a private or loopback address "
         "is called only when that address is listed as an IP (see docs/service.md).",
     )
 
     _shared_lists = field_validator("webhook_allowed_hosts", mode="before")(comma_list)
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        return [check_allowed_host(host) for host in hosts]
 
     @field_validator("public_base_url")
     @classmethod

@@ -5,10 +5,14 @@ worker checks it again (with the addresses its host resolves to) when it deliver
 
 The rules:
 
-- the scheme is ``http`` or ``https``, the URL has a host and no user:password;
+- the scheme is ``http`` or ``https``, the URL has a host and no user:password, and
+  no control character or space (Python's URL parser drops a raw CR, LF or tab
+  without a word, and the HTTP client then refuses the URL at delivery);
 - the host is one of ``WEBHOOK_ALLOWED_HOSTS`` (exact names or IP literals, compared
   case-insensitively; any port). Empty: webhooks are off, and a request that asks
-  for one is refused, never silently ignored;
+  for one is refused, never silently ignored. An entry is a host alone: one with a
+  port or a scheme is refused when the settings are read (``check_allowed_host``),
+  as it would match no URL;
 - at delivery, every address the host resolves to must be a public one, unless
   that address is itself listed as an IP literal: listing ``127.0.0.1`` or
   ``10.0.0.5`` is the operator saying "yes, call this internal address", while
@@ -27,12 +31,44 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 SECRET_PREFIX = "whsec_"
 MAX_URL_CHARS = 2048
+# C0 controls, space, DEL and C1 controls: none belongs in a URL unencoded.
+_NOT_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+# What separates a host from the rest of a URL, or has no place in a host name.
+_NOT_IN_HOST = re.compile(r"[\x00-\x20\x7f-\x9f/\\?#@:\[\]]")
+_HOST_PORT = re.compile(r"\[?([^\s/@\[\]]+?)\]?:(\d+)")
+
+
+def check_allowed_host(entry: str) -> str:
+    """One ``WEBHOOK_ALLOWED_HOSTS`` entry, stripped; ``ValueError`` saying how to write it when it is not a
+    host name or IP address (``127.0.0.1:18950`` would match no URL: hosts are compared without ports)."""
+    host = entry.strip()
+    bare = host.lower().strip("[]").rstrip(".")
+    try:
+        ipaddress.ip_address(bare)
+        return host
+    except ValueError:
+        pass
+    if not _NOT_IN_HOST.search(bare):
+        return host
+    with_port = _HOST_PORT.fullmatch(host)
+    if with_port:
+        raise ValueError(
+            f"WEBHOOK_ALLOWED_HOSTS: {entry!r} names a port; list the host alone ({with_port.group(1)}): a listed "
+            "host is called on any port"
+        )
+    try:
+        named = urlsplit(host if "://" in host else f"//{host}").hostname
+    except ValueError:
+        named = None
+    hint = f"; list the host alone ({named})" if named and not _NOT_IN_HOST.search(named) else ""
+    raise ValueError(f"WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a host name or IP address{hint}")
 
 
 def normalise_hosts(hosts: Iterable[str]) -> frozenset[str]:
@@ -49,6 +85,12 @@ def check_webhook_url(url: str, allowed_hosts: Iterable[str]) -> str:
         )
     if len(url) > MAX_URL_CHARS:
         raise ValueError(f"the URL is longer than {MAX_URL_CHARS} characters")
+    bad = _NOT_IN_URL.search(url)
+    if bad:
+        raise ValueError(
+            f"the URL has the character {bad.group()!r} at position {bad.start() + 1}: a URL has no spaces or control "
+            f"characters (CR, LF, tab); percent-encode it ({quote(bad.group())}) if it belongs in the path or query"
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -102,7 +144,9 @@ def _canonical(host: str) -> str:
 def secret_key(secret: str) -> bytes:
     """``whsec_<base64>`` -> the HMAC key; ``ValueError`` for anything else."""
     if not secret.startswith(SECRET_PREFIX):
-        raise ValueError(f"WEBHOOK_SECRET must start with {SECRET_PREFIX!r} followed by base64 (the Standard Webhooks form)")
+        raise ValueError(
+            f"WEBHOOK_SECRET must start with {SECRET_PREFIX!r} followed by base64 (the Standard Webhooks form)"
+        )
     try:
         key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
     except ValueError:

@@ -59,7 +59,12 @@ class WorkerSettings(ServiceSettings):
         description="The Standard Webhooks signing secret, `whsec_` and base64 of 24-64 random bytes. Unset: "
         "deliveries fail (and say so in the webhook worker's log) rather than go out unsigned.",
     )
-    webhook_timeout_s: float = Field(5.0, gt=0, description="Seconds a webhook receiver has to answer one delivery.")
+    webhook_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds one webhook delivery attempt may take in all (connect, send, the receiver's status "
+        "line and headers); a receiver still answering then is cut off and the attempt retried.",
+    )
     webhook_max_attempts: int = Field(
         6, ge=1, description="Deliveries of one webhook before it is given up (retried with exponential back-off)."
     )

@@ -9,7 +9,10 @@ Two halves, both torch-free:
 - ``deliver`` runs in the webhook worker (``workers.webhook_app``, a light process
   of its own that loads no model): it reads the job record and its Celery state,
   builds the job exactly as ``GET /jobs/{id}`` shows it (``contract.jobs``), and
-  POSTs it. A failed attempt (no connection, a timeout, a 408, 429 or 5xx) is
+  POSTs it. An attempt has ``WEBHOOK_TIMEOUT_S`` in all, from connecting to the
+  receiver's status line and headers (its body is never read): a receiver that
+  trickles its answer cannot hold a delivery thread past it. A failed attempt (no
+  connection, a timeout, a 408, 429 or 5xx) is
   retried by Celery (``autoretry_for``) with exponential back-off and jitter,
   ``WEBHOOK_MAX_ATTEMPTS`` attempts in all; a refusal that a retry cannot fix (the
   host no longer allowed, another 4xx) is logged and dropped.
@@ -21,6 +24,7 @@ on every attempt, so a receiver can drop a repeat.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -86,10 +90,28 @@ def post(url: str, body: bytes, settings: WorkerSettings, *, message_id: str) ->
     pinned = target.copy_with(host=address, port=port)
     headers = {**signed_headers(key, message_id, int(time.time()), body), "host": target.netloc.decode("ascii")}
     extensions = {"sni_hostname": host} if target.scheme == "https" else {}
-    # No redirects: a 3xx could point anywhere, past the host checks.
-    with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False) as http:
-        response = http.post(pinned, content=body, headers=headers, extensions=extensions)
-    return response.status_code
+    deadline_s = settings.webhook_timeout_s
+    try:
+        return asyncio.run(_status_within(deadline_s, pinned, body, headers, extensions))
+    except TimeoutError:
+        raise DeliveryFailed(
+            f"the receiver did not answer within WEBHOOK_TIMEOUT_S={deadline_s:g} s (connect, send and its status)"
+        ) from None
+
+
+async def _status_within(
+    deadline_s: float, url: httpx.URL, body: bytes, headers: dict[str, str], extensions: dict[str, str]
+) -> int:
+    # httpx's timeouts bound each connect, write and read, not the exchange: a receiver that sends a byte
+    # every few seconds never trips them. Cancelling the whole exchange at a deadline needs asyncio (a thread
+    # blocked in a socket read cannot be interrupted); it runs in this delivery's own short-lived event loop.
+    async with asyncio.timeout(deadline_s):
+        # No redirects: a 3xx could point anywhere, past the host checks.
+        async with httpx.AsyncClient(timeout=deadline_s, follow_redirects=False) as http:
+            request = http.build_request("POST", url, content=body, headers=headers, extensions=extensions)
+            response = await http.send(request, stream=True)  # the status is the answer; the body is not read
+            await response.aclose()
+            return response.status_code
 
 
 def deliver(task: Task, *, job_id: str, url: str, settings: WorkerSettings, client: redis.Redis, app: Celery) -> int:
@@ -98,10 +120,11 @@ def deliver(task: Task, *, job_id: str, url: str, settings: WorkerSettings, clie
     try:
         event, body = payload(client, app, job_id, settings.public_base_url)
         status = post(url, body, settings, message_id=f"msg_{job_id}")
-    except (JobNotEnded, httpx.TransportError) as err:
+    except (DeliveryFailed, httpx.TransportError) as err:  # not ended yet, no connection, past the deadline
         log.warning("webhook of job %s, attempt %d: %s", job_id, attempt, err)
         raise DeliveryFailed(str(err)) from err
-    except (LookupError, PermissionError, ValueError) as err:  # expired job, no secret, host refused
+    # An expired job, no secret, a host or URL refused (httpx's InvalidURL: one queued before the API refused it).
+    except (LookupError, PermissionError, ValueError, httpx.InvalidURL) as err:
         log.error("webhook of job %s not sent: %s", job_id, err)
         return 0
     if 200 <= status < 300:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -56,12 +59,14 @@ def test_a_listed_name_that_resolves_to_a_private_address_is_not_called(monkeypa
         resolve_for_delivery("https://hooks.example/h", ["hooks.example"])
     # Listing the address itself is the operator saying "call it".
     _resolving_to(monkeypatch, "10.0.0.5")
-    assert resolve_for_delivery("https://hooks.example/h", ["hooks.example", "10.0.0.5"]) == ("hooks.example", "10.0.0.5", 443)
+    allowed = ["hooks.example", "10.0.0.5"]
+    assert resolve_for_delivery("https://hooks.example/h", allowed) == ("hooks.example", "10.0.0.5", 443)
 
 
 def test_a_public_address_is_called_at_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     _resolving_to(monkeypatch, "93.184.215.14")
-    assert resolve_for_delivery("http://hooks.example:8080/h", ["hooks.example"]) == ("hooks.example", "93.184.215.14", 8080)
+    resolved = resolve_for_delivery("http://hooks.example:8080/h", ["hooks.example"])
+    assert resolved == ("hooks.example", "93.184.215.14", 8080)
 
 
 def test_loopback_is_called_only_when_listed_as_an_ip() -> None:
@@ -154,7 +159,8 @@ def test_an_attempt_posts_the_signed_body_to_the_checked_address() -> None:
     assert status == 204 and seen["path"] == "/hook?t=1" and seen["body"] == b'{"a":1}'
     assert seen["headers"]["host"] == f"127.0.0.1:{port}" and seen["headers"]["webhook-id"] == "msg_x"
     timestamp = int(seen["headers"]["webhook-timestamp"])
-    assert seen["headers"]["webhook-signature"] == signed_headers(KEY, "msg_x", timestamp, b'{"a":1}')["webhook-signature"]
+    expected = signed_headers(KEY, "msg_x", timestamp, b'{"a":1}')["webhook-signature"]
+    assert seen["headers"]["webhook-signature"] == expected
 
 
 def test_no_attempt_without_a_secret_or_to_a_host_off_the_list() -> None:
@@ -166,3 +172,138 @@ def test_no_attempt_without_a_secret_or_to_a_host_off_the_list() -> None:
     listed_elsewhere = WorkerSettings(_env_file=None, webhook_allowed_hosts="hooks.example", webhook_secret=SECRET)
     with pytest.raises(ValueError, match="'127.0.0.1'"):
         post("http://127.0.0.1:9/h", b"{}", listed_elsewhere, message_id="msg_x")
+
+
+# -- a deadline per attempt, control characters, hosts with ports -----------------------------------------------
+
+
+class _Trickler:
+    """A receiver on a loopback port that reads the request, then sends ``head`` at once and ``trickle`` a byte
+    every ``every_s`` seconds: each byte comes well within a per-read timeout."""
+
+    def __init__(self, head: bytes, trickle: bytes, every_s: float = 0.25) -> None:
+        self.head, self.trickle, self.every_s = head, trickle, every_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            try:
+                connection.sendall(self.head)
+                for byte in self.trickle:
+                    if self.done.wait(self.every_s):
+                        break
+                    connection.sendall(bytes([byte]))
+            except OSError:
+                pass  # the client gave up: what the deadline is for
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> None:
+    from workers.webhooks import DeliveryFailed, post
+
+    # 60 header bytes at 4 a second: 15 s, though no read waits even 1 s.
+    receiver = _Trickler(b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 50 + b"\r\n\r\n")
+    settings = WorkerSettings(
+        _env_file=None, webhook_allowed_hosts="127.0.0.1", webhook_secret=SECRET, webhook_timeout_s=1.0
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeliveryFailed, match="WEBHOOK_TIMEOUT_S=1 s"):
+            post(f"http://127.0.0.1:{receiver.port}/h", b"{}", settings, message_id="msg_x")
+    finally:
+        receiver.close()
+    assert time.monotonic() - started < 3.0
+
+
+def test_the_status_is_the_answer_and_a_slow_body_is_not_waited_for() -> None:
+    from workers.webhooks import post
+
+    receiver = _Trickler(b"HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n", b"x" * 40)  # 10 s of body
+    settings = WorkerSettings(
+        _env_file=None, webhook_allowed_hosts="127.0.0.1", webhook_secret=SECRET, webhook_timeout_s=1.0
+    )
+    started = time.monotonic()
+    try:
+        assert post(f"http://127.0.0.1:{receiver.port}/h", b"{}", settings, message_id="msg_x") == 200
+    finally:
+        receiver.close()
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("char", ["\r", "\n", "\r\n", "\t", " ", "\x00", "\x7f", "\x85"])
+def test_a_url_with_a_control_character_or_space_is_refused(char: str) -> None:
+    # Python's URL parser would drop a CR, LF or tab silently; the HTTP client then refuses the URL at delivery.
+    with pytest.raises(ValueError, match="no spaces or control characters") as caught:
+        check_webhook_url(f"http://127.0.0.1:9/h{char}X-Injected: 1", ["127.0.0.1"])
+    assert "percent-encode it" in str(caught.value) and "position 21" in str(caught.value)
+
+
+def test_the_api_refuses_such_a_webhook_at_post_time_with_a_422() -> None:
+    from fastapi.testclient import TestClient
+
+    from api.config import Settings
+    from api.main import create_app
+
+    settings = Settings(_env_file=None, redis_url="redis://127.0.0.1:1/0", webhook_allowed_hosts="127.0.0.1")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        in_body = api.post("/generate/faces", json={"webhook": "http://127.0.0.1:9/h\r\nX-Injected: 1"})
+        in_query = api.post("/generate/faces", params={"webhook": "http://127.0.0.1:9/h\nx"})
+    for response in (in_body, in_query):
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith("webhook: the URL has the character") and "control characters" in detail
+
+
+def test_a_delivery_to_such_a_url_is_logged_and_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job queued before the API refused such URLs: its delivery says why it is not sent, and is not retried."""
+    from types import SimpleNamespace
+
+    from workers import webhooks
+
+    monkeypatch.setattr(webhooks, "payload", lambda *_args, **_kwargs: ("job.succeeded", b"{}"))
+    settings = WorkerSettings(_env_file=None, webhook_allowed_hosts="127.0.0.1", webhook_secret=SECRET)
+    task = SimpleNamespace(request=SimpleNamespace(retries=0))
+    with caplog.at_level(logging.ERROR, logger="workers.webhooks"):
+        status = webhooks.deliver(
+            task, job_id="j1", url="http://127.0.0.1:9/h\r\nx", settings=settings, client=None, app=None  # type: ignore[arg-type]
+        )
+    assert status == 0
+    assert any("webhook of job j1 not sent" in r.getMessage() and "control" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "entry, words",
+    [
+        ("127.0.0.1:18950", ["names a port", "(127.0.0.1)", "any port"]),
+        ("[::1]:8080", ["names a port", "(::1)"]),
+        ("hooks.example:443", ["names a port", "(hooks.example)"]),
+        ("https://hooks.example", ["not a host name", "(hooks.example)"]),
+        ("hooks.example/h", ["not a host name", "(hooks.example)"]),
+    ],
+)
+def test_an_allowed_host_with_a_port_or_scheme_is_refused_at_start(entry: str, words: list[str]) -> None:
+    from api.config import Settings
+
+    for settings in (WorkerSettings, Settings):
+        with pytest.raises(ValueError) as caught:
+            settings(_env_file=None, webhook_allowed_hosts=f"a.example, {entry}")
+        assert all(word in str(caught.value) for word in words), caught.value
+
+
+def test_hosts_and_ip_literals_are_still_taken_as_written() -> None:
+    hosts = "hooks.example, HOOKS.example., 127.0.0.1, ::1, [::1], fe80::1:8080"
+    assert WorkerSettings(_env_file=None, webhook_allowed_hosts=hosts).webhook_allowed_hosts == [
+        "hooks.example", "HOOKS.example.", "127.0.0.1", "::1", "[::1]", "fe80::1:8080"
+    ]  # fmt: skip
