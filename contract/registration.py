@@ -146,6 +146,12 @@ def decode(raw: Iterable[bytes | str | None], now: float | None = None) -> list[
     return sorted(workers, key=lambda w: w.started_at)
 
 
+def read_live(client: Any) -> list[WorkerRegistration]:
+    """The live workers' registrations, read with a synchronous redis-py ``client``."""
+    ids = client.zrangebyscore(*live_query())
+    return decode(client.mget(keys_of(ids))) if ids else []
+
+
 def register(pipe: Any, registration: WorkerRegistration, ttl_s: float, now: float) -> None:
     """Queue the writes that (re)register a worker for ``ttl_s`` on a Redis pipeline."""
     pipe.set(worker_key(registration.worker), registration.model_dump_json(), px=int(ttl_s * 1000))

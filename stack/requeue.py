@@ -13,6 +13,11 @@ runs), which also marks them redelivered; the job's delivery count
 Only for a stack with one worker per queue, as ``make run`` starts: with several,
 an unacked message may belong to a live sibling, which would then run it twice
 (docker compose relies on the visibility timeout instead).
+
+At start-up the launcher also gives back what a previous run left (its launcher was
+killed, so nobody saw its workers die): every unacked message on its own Redis, or on
+a shared one those of the queues that no live worker consumes (``requeue_orphaned``),
+so a stranded job runs again within seconds of ``make run``, not at the visibility timeout.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import os
 import signal
 from collections.abc import Iterable
 
+import redis
+
+from contract import registration
 from contract.broker import api_celery
 
 
@@ -43,6 +51,21 @@ def requeue_unacked(redis_url: str, queues: Iterable[str]) -> list[str]:
     finally:
         app.close()
     return restored
+
+
+def live_queues(redis_url: str) -> set[str]:
+    """The queues that some worker with a fresh registration consumes (``contract.registration``)."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        return {queue for worker in registration.read_live(client) for queue in worker.queues}
+    finally:
+        client.close()
+
+
+def requeue_orphaned(redis_url: str, queues: Iterable[str]) -> list[str]:
+    """At start-up: restore the unacked messages of those of ``queues`` that no live worker consumes."""
+    orphaned = set(queues) - live_queues(redis_url)
+    return requeue_unacked(redis_url, orphaned) if orphaned else []
 
 
 def reap_worker_group(pid: int) -> None:

@@ -43,6 +43,11 @@ class WorkerSettings(ServiceSettings):
             "on its queue at once (Celery's soft shutdown); 0 puts it back without waiting."
         ),
     )
+    exit_with_parent: bool = Field(
+        False,
+        description="Exit SHUTDOWN_GRACE_S + 5 s after the process that started the worker is gone, whatever the "
+        "shutdown is waiting for (a dead Redis); `make run` sets it, a worker under a service manager needs not.",
+    )
     worker_queues: str = Field(
         ",".join(QUEUES),
         description="Comma-separated queues a worker consumes when started without -Q; it loads only their models.",

@@ -19,7 +19,7 @@ from contract.keys import cancel_key, deliveries_key, job_key
 from contract.queues import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
 from contract.roles import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, SERVED
 
-from . import live, redis_client, webhooks
+from . import live, orphans, redis_client, webhooks  # noqa: F401 - orphans connects its signals
 from .celery_app import app
 from .config import get_settings
 from .lifecycle import batch_limit, get_batcher, get_registry, get_store

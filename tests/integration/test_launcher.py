@@ -187,3 +187,59 @@ def test_launcher_puts_the_jobs_of_a_worker_killed_mid_job_back_and_a_restarted_
                     time.sleep(0.2)
             assert job["status"] == "succeeded" and len(job["result"]["images"]) == long_job["n"], job
             assert client.get(job["result"]["grid"]["url"]).status_code == 200
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, their pool processes...), from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc")
+def test_kill_9_of_the_launcher_leaves_no_process_and_the_next_launch_finishes_the_stranded_job(
+    tmp_path: Path, plumbing_checkpoints: Path
+) -> None:
+    port = free_port()
+    launcher = _launch(tmp_path, port, plumbing_checkpoints, SHUTDOWN_GRACE_S="1")
+    lines: list[str] = []
+    try:
+        _read_until(launcher, lines, "ready: workers up")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            response = client.post("/generate/digits", params={"label": 3, "n": 20, "sampler": "ddpm", "wait": 0})
+            assert response.status_code == 202, response.text
+            job_id = response.json()["id"]
+            deadline = time.monotonic() + 60
+            while client.get(f"/jobs/{job_id}").json()["progress"] is None:
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.05)
+        time.sleep(1.1)  # appendfsync everysec: the job's unacked message is on disk
+        children = _descendants(launcher.pid)
+        assert len(children) >= 6, children  # redis, three workers (and a pool process), uvicorn
+        launcher.kill()
+        launcher.wait(10)
+        deadline = time.monotonic() + 10
+        while (alive := {pid for pid in children if _alive(pid)}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"outlived the launcher by 10 s: {alive}"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+    with _launched(tmp_path, plumbing_checkpoints) as (again, port, lines):
+        line = _read_until(again, lines, "a previous run left unfinished")
+        assert job_id in line, line
+        _read_until(again, lines, "ready: workers up")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=90) as client:
+            job = client.get(f"/jobs/{job_id}", params={"wait": 60}).json()
+            assert job["status"] == "succeeded", job
