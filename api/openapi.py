@@ -1,5 +1,6 @@
 """The OpenAPI schema as this server serves it: FastAPI's, plus what only the running settings or the
-middleware know (the limits of this server's settings, the origin guard's 403). One wrapper, here."""
+middleware know (the limits of this server's settings, the origin guard's 403, the JSON body limit's 413).
+One wrapper, here."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             schema = build()
             document_settings(schema, settings)
             document_origin_refusals(schema)
+            document_json_limits(schema, settings)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -86,6 +88,26 @@ def document_origin_refusals(schema: dict[str, Any]) -> None:
         for method, operation in operations.items():
             if method.upper() in WRITE_METHODS:
                 operation.setdefault("responses", {}).setdefault("403", response)
+
+
+def document_json_limits(schema: dict[str, Any], settings: Settings) -> None:
+    """The JSON body limit's 413 (``api.middleware.JsonBodyLimit``) on every operation that takes a JSON body: it is
+    middleware, which the routes do not declare. (Its depth limit is a 422, which they all document.)"""
+    detail = (
+        f"the JSON body is larger than {settings.max_json_bytes:,} bytes (MAX_JSON_BYTES): send only the "
+        'parameters, e.g. {"n": 8, "seed": 7}'
+    )
+    response = {
+        "description": f"The JSON body is over this server's `MAX_JSON_BYTES` ({settings.max_json_bytes:,} bytes); "
+        "it was not read.",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}, "example": {"detail": detail}}
+        },
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                operation.setdefault("responses", {}).setdefault("413", response)
 
 
 def _drop_null(schema: dict[str, Any]) -> None:

@@ -110,6 +110,14 @@ def test_a_large_json_body_is_a_413_whether_declared_or_streamed() -> None:
     assert small.status_code == 503  # read whole by the limit, then handed to the route unchanged
 
 
+def test_the_json_limit_is_in_the_openapi_schema_of_every_json_body() -> None:
+    schema = create_app(Settings(_env_file=None, max_json_bytes=4096)).openapi()
+    for path in ("/generate/faces", "/generate/digits"):
+        too_large = schema["paths"][path]["post"]["responses"]["413"]
+        assert "4,096 bytes" in too_large["description"]
+        assert "MAX_JSON_BYTES" in too_large["content"]["application/json"]["example"]["detail"]
+
+
 def test_other_media_types_keep_their_own_limits(client: TestClient) -> None:
     response = client.post(FACES, content=b"x" * 100_000, headers={"content-type": "text/plain"})
     assert response.status_code == 415, response.text  # the route's answer, not the JSON limit's 413
