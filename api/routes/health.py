@@ -35,7 +35,8 @@ async def healthz() -> Health:
     response_model=Readiness,
     summary="Readiness: Redis, a worker and its models",
     description=(
-        "`200` when Redis answers, the results store can be used, at least one worker process is reporting, and "
+        "`200` when Redis answers, the results store can be used, at least one worker process is reporting (its "
+        "last heartbeat within two of its `HEARTBEAT_SECONDS`), and "
         "every served model "
         "(faces A and B, digits, classify svhn and usps) is loaded and warmed up (one forward pass done) by "
         "some worker; otherwise `503` with the failing checks and why.\n\n```\ncurl localhost:8000/readyz\n```"
