@@ -27,12 +27,6 @@ class Settings(ServiceSettings):
         description="API processes the launcher starts on PORT (uvicorn --workers): jobs, live events, cancels, "
         "idempotency and rate limits live in Redis, so any process serves any request.",
     )
-    results_max_bytes: int = Field(
-        2 * 2**30,
-        ge=1,
-        description="Bytes the job folders under RESULTS_DIR may hold together; past it the API removes the oldest "
-        "whole job folders (folders changed in the last 10 minutes stay).",
-    )
     results_sweep_seconds: float = Field(
         60.0, gt=0, description="How often the API removes expired job folders and enforces RESULTS_MAX_BYTES."
     )

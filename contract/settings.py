@@ -44,6 +44,12 @@ class ServiceSettings(BaseSettings):
         REPO / "var" / "results",
         description="The results folder when RESULTS_STORE=local (shared by the API and the workers).",
     )
+    results_max_bytes: int = Field(
+        2 * 2**30,
+        ge=1,
+        description="Bytes the jobs in the results store may hold together. Each worker, as it writes a job, removes "
+        "the oldest jobs that have results past it; the API's sweep (RESULTS_SWEEP_SECONDS) is the backstop.",
+    )
     s3_endpoint_url: str | None = Field(
         None, description="The S3-compatible server (`http://minio:9000`); unset: AWS S3 of S3_REGION."
     )

@@ -46,6 +46,7 @@ class StoredJob:
     job_id: str
     modified: float  # unix time of the job's last write
     bytes: int
+    results: bool = True  # it has files besides its inputs: it ran (a queued classify job has its inputs alone)
 
 
 def check_names(job_id: str, name: str | None = None) -> None:
@@ -134,7 +135,8 @@ class LocalStore(ResultStore):
             if not (JOB_ID_RE.match(folder.name) and folder.is_dir()):
                 continue  # other files and folders are never touched
             try:
-                found.append(StoredJob(folder.name, folder.stat().st_mtime, self._sizes(folder)))
+                size, results = self._sizes(folder)
+                found.append(StoredJob(folder.name, folder.stat().st_mtime, size, results))
             except OSError as err:  # removed meanwhile, by another API process
                 log.debug("could not measure %s: %s", folder, err)
         self._sizes.forget_missing({job.job_id for job in found})
@@ -164,16 +166,18 @@ def _read(handle: Any) -> Iterator[bytes]:
 
 
 class FolderSizes:
-    """Bytes per job folder, measured again only when the folder has changed since the last look."""
+    """Bytes per job folder, and whether it holds results (files besides ``inputs/``), measured again only
+    when the folder has changed since the last look."""
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple[int, int], int]] = {}
+        self._known: dict[str, tuple[tuple[int, int], tuple[int, bool]]] = {}
 
-    def __call__(self, folder: Path) -> int:
+    def __call__(self, folder: Path) -> tuple[int, bool]:
         signature = _signature(folder)
         known = self._known.get(folder.name)
         if known is None or known[0] != signature:
-            known = self._known[folder.name] = (signature, _measure(folder))
+            results = any(entry.name != INPUTS_DIR for entry in os.scandir(folder))
+            known = self._known[folder.name] = (signature, (_measure(folder), results))
         return known[1]
 
     def forget_missing(self, names: set[str]) -> None:
@@ -277,14 +281,18 @@ class S3Store(ResultStore):
             yield from page.get("Contents", ())
 
     def jobs(self) -> list[StoredJob]:
-        totals: dict[str, tuple[float, int]] = {}
+        totals: dict[str, tuple[float, int, bool]] = {}
         for item in self._objects():
-            job_id = item["Key"][len(self.prefix) :].split("/", 1)[0]
+            job_id, _, name = item["Key"][len(self.prefix) :].partition("/")
             if not JOB_ID_RE.match(job_id):
                 continue  # not ours: other objects in the bucket are never touched
-            modified, size = totals.get(job_id, (0.0, 0))
-            totals[job_id] = (max(modified, item["LastModified"].timestamp()), size + int(item["Size"]))
-        return sorted((StoredJob(j, m, b) for j, (m, b) in totals.items()), key=lambda job: job.modified)
+            modified, size, results = totals.get(job_id, (0.0, 0, False))
+            totals[job_id] = (
+                max(modified, item["LastModified"].timestamp()),
+                size + int(item["Size"]),
+                results or not name.startswith(f"{INPUTS_DIR}/"),
+            )
+        return sorted((StoredJob(j, m, b, r) for j, (m, b, r) in totals.items()), key=lambda job: job.modified)
 
     def delete_job(self, job_id: str) -> bool:
         check_names(job_id)

@@ -8,6 +8,7 @@ harmless: the API always sends a seed, so a rerun rewrites the same files.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from celery import Task, states
 from contract import task_metrics
 from contract.keys import cancel_key, deliveries_key, job_key
 from contract.queues import TASK_CLASSIFY, TASK_DIGITS, TASK_FACES
+from contract.quota import trim_to_quota
 from contract.roles import CLASSIFY_ROLES, DIGIT_ROLE, FACE_ROLES, SERVED
 
 from . import live, orphans, redis_client, webhooks  # noqa: F401 - orphans connects its signals
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 # A cancel is what the user asked for: logged in a line, not as an error with a traceback.
 EXPECTED = (live.JobCanceled,)
 PROGRESS_EVERY_S = 0.5  # Redis writes per job stay bounded whatever the step speed
+_trimming = threading.Lock()  # one quota pass at a time per process (the small worker runs jobs in threads)
 
 
 def _files(task: Task) -> JobFiles:
@@ -136,6 +139,23 @@ class JobTask(Task):
             webhooks.enqueue_if_asked(self.app, task_id, getattr(self.request, "webhook", None))
         except Exception as err:  # noqa: BLE001 - the job's outcome stands; a lost notice is logged, not a failed job
             log.warning("could not queue the webhook of %s: %s", task_id, err)
+        self._enforce_quota(task_id)
+
+    @staticmethod
+    def _enforce_quota(job_id: str) -> None:
+        """RESULTS_MAX_BYTES as results are written: once the client can have its result, the oldest finished jobs
+        go until the store is under the quota again (the API's sweep is only the backstop)."""
+        if not _trimming.acquire(blocking=False):
+            return  # another thread of this worker is trimming now: the store ends under the quota all the same
+        try:
+            trimmed = trim_to_quota(get_store(), get_settings().results_max_bytes, keep=(job_id,), finished_only=True)
+        except Exception as err:  # noqa: BLE001 - an OSError, a botocore error: the next job or the sweep retries
+            log.warning("could not enforce RESULTS_MAX_BYTES after %s: %s", job_id, err)
+            return
+        finally:
+            _trimming.release()
+        if trimmed.removed:
+            log.info("RESULTS_MAX_BYTES: removed the %d oldest jobs (%d bytes)", trimmed.removed, trimmed.freed)
 
     def _record(self, job_id: str, kwargs: dict[str, Any], state: task_metrics.State, seconds: float) -> None:
         try:

@@ -8,8 +8,9 @@ applies both, to a local folder or an S3 bucket alike (``contract.store``), whet
 or not a worker is up; with several API processes each sweeps, and a job one of
 them removed is simply gone for the others. A job written within the last
 ``QUOTA_GRACE_S`` stays even above the quota: it may still be queued and need its
-inputs. Between two sweeps the store may grow past the quota by what that
-interval's jobs write.
+inputs. The sweep is the backstop of the quota: each worker enforces it as it
+writes (``contract.quota``), so between two sweeps the store grows past it only by
+the jobs being written at that moment.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from contract.quota import trim_to_quota
 from contract.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -30,32 +32,6 @@ def prune_expired(store: ResultStore, older_than_s: float) -> int:
     """Delete the jobs last written more than ``older_than_s`` ago; returns how many."""
     cutoff = time.time() - older_than_s
     return sum(1 for job in store.jobs() if job.modified < cutoff and store.delete_job(job.job_id))
-
-
-@dataclass(frozen=True)
-class Trimmed:
-    removed: int  # jobs deleted
-    freed: int  # their bytes
-    total: int  # bytes of the jobs left
-    over: bool  # still above the quota: every job left is too young to remove
-
-
-def trim_to_quota(store: ResultStore, max_bytes: int, *, keep_younger_than_s: float = 0.0) -> Trimmed:
-    """Delete whole jobs, oldest first, until they hold at most ``max_bytes`` together.
-
-    Jobs written within the last ``keep_younger_than_s`` seconds stay even
-    above the quota: they may still be queued and need their inputs.
-    """
-    jobs = store.jobs()
-    total = sum(job.bytes for job in jobs)
-    removed = freed = 0
-    young = time.time() - keep_younger_than_s
-    for job in jobs:
-        if total <= max_bytes or job.modified >= young:
-            break
-        if store.delete_job(job.job_id):
-            removed, freed, total = removed + 1, freed + job.bytes, total - job.bytes
-    return Trimmed(removed, freed, total, total > max_bytes)
 
 
 @dataclass(frozen=True)

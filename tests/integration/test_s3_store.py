@@ -57,10 +57,12 @@ def test_jobs_are_listed_and_deleted_whole_leaving_other_objects(s3_endpoint: st
     store.put(JOB_A, "grid.png", b"x" * 100)
     store.put(JOB_A, "face_000.png", b"x" * 50)
     store.put(JOB_B, "grid.png", b"y" * 10)
+    store.put(JOB_C, "inputs/digits.npy", b"i" * 5)  # a queued classification job: inputs, no results yet
     store.client.put_object(Bucket=s3_bucket, Key="genserve/not-a-job/keep.bin", Body=b"z" * 1000)
     store.client.put_object(Bucket=s3_bucket, Key="elsewhere.bin", Body=b"z")
-    assert {(job.job_id, job.bytes) for job in store.jobs()} == {(JOB_A, 150), (JOB_B, 10)}
-    assert store.delete_job(JOB_A)
+    listed = {(job.job_id, job.bytes, job.results) for job in store.jobs()}
+    assert listed == {(JOB_A, 150, True), (JOB_B, 10, True), (JOB_C, 5, False)}
+    assert store.delete_job(JOB_A) and store.delete_job(JOB_C)
     assert [job.job_id for job in store.jobs()] == [JOB_B]
     keys = {item["Key"] for item in store.client.list_objects_v2(Bucket=s3_bucket)["Contents"]}
     assert keys == {f"genserve/{JOB_B}/grid.png", "genserve/not-a-job/keep.bin", "elsewhere.bin"}

@@ -51,6 +51,31 @@ def test_folders_younger_than_the_grace_period_stay_even_over_the_quota(tmp_path
     assert trimmed.over and trimmed.total == 2000
 
 
+def test_a_worker_trims_only_finished_jobs_and_never_the_one_it_just_wrote(tmp_path: Path) -> None:
+    queued = job(tmp_path, 1, bytes_=1000, age_s=3 * HOUR, inputs=True)  # a classify job waiting: its inputs alone
+    finished = job(tmp_path, 2, bytes_=1000, age_s=2 * HOUR)
+    just_written = job(tmp_path, 3, bytes_=1000, age_s=HOUR)
+    store = LocalStore(tmp_path)
+    assert [j.results for j in store.jobs()] == [False, True, True]
+    trimmed = trim_to_quota(store, 500, keep=(just_written.name,), finished_only=True)
+    assert (queued.exists(), finished.exists(), just_written.exists()) == (True, False, True)
+    assert trimmed.removed == 1 and trimmed.over  # what is left is protected, and the API's sweep may take it later
+
+
+def test_a_finished_job_enforces_the_quota_in_its_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESULTS_MAX_BYTES holds as results are written, not only at the API's next sweep (a 5 MiB quota took
+    352 MiB in 66 s of face jobs, between sweeps and under the sweep's grace period)."""
+    from workers import lifecycle, tasks
+    from workers.config import WorkerSettings
+
+    older = [job(tmp_path, n, bytes_=1000, age_s=60 - n) for n in range(1, 5)]  # all younger than the sweep's grace
+    newest = job(tmp_path, 9, bytes_=1000, age_s=1)
+    monkeypatch.setattr(lifecycle, "_store", LocalStore(tmp_path))
+    monkeypatch.setattr(tasks, "get_settings", lambda: WorkerSettings(_env_file=None, results_max_bytes=2500))
+    tasks.JobTask._enforce_quota(newest.name)
+    assert [f.exists() for f in older] == [False, False, False, True] and newest.exists()
+
+
 def test_sizes_are_measured_again_when_a_folder_changes(tmp_path: Path) -> None:
     folder = job(tmp_path, 1, bytes_=100, age_s=HOUR)
     store = LocalStore(tmp_path)
