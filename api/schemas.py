@@ -110,9 +110,9 @@ class DigitsQuery(_Query):
         le=NUM_TRAIN_TIMESTEPS,
         description=(
             "Sampling steps, at most the served model's diffusion timesteps (`num_train_timesteps` in "
-            f"`GET /models`: {NUM_TRAIN_TIMESTEPS} for the shipped model). `ddpm` always runs all of them, so with `ddpm` only that "
-            "number is accepted. Absent: the recommended configuration's steps for its sampler, else 10 (25 for "
-            "`ddim`)."
+            f"`GET /models`: {NUM_TRAIN_TIMESTEPS} for the shipped model). `ddpm` always runs all of them, so with "
+            "`ddpm` only that number is accepted. Absent: the recommended configuration's steps for its sampler, "
+            "else 10 (25 for `ddim`)."
         ),
         examples=[10],
     )
@@ -131,9 +131,10 @@ class DigitsQuery(_Query):
         ge=0,
         le=NUM_TRAIN_TIMESTEPS,
         description=(
-            f"Apply guidance only at timesteps t with `guidance_from <= t <= guidance_to` ({NUM_TRAIN_TIMESTEPS} is pure noise, 0 the "
-            "finished digit), the limited interval of Kynkaanniemi et al. (2024): steps outside it cost one network "
-            "evaluation instead of two. Give both or neither; absent: the recommended configuration's interval. "
+            "Apply guidance only at timesteps t with `guidance_from <= t <= guidance_to` "
+            f"({NUM_TRAIN_TIMESTEPS} is pure noise, 0 the finished digit), the limited interval of Kynkaanniemi et "
+            "al. (2024): steps outside it cost one network evaluation instead of two. Give both or neither; "
+            "absent: the recommended configuration's interval. "
             f"`guidance_from=0&guidance_to={NUM_TRAIN_TIMESTEPS}` guides every step."
         ),
         examples=[55],
