@@ -54,7 +54,11 @@ SETTLE_TIMEOUT_S = 600.0
 def add_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("load")
     group.add_argument("--load-requests", type=int, default=1000, help="requests per concurrency level")
-    group.add_argument("--load-clients", default="32,128", help="concurrent clients, comma-separated")
+    group.add_argument("--load-clients", default="32,128,256", help="concurrent clients, comma-separated")
+    group.add_argument("--load-mix", choices=("mixed", "faces-n1"), default="mixed", help="the requests sent")
+    group.add_argument(
+        "--load-streams", type=int, default=256, help="event streams opened at once on one digit job (0: none)"
+    )
     group.add_argument("--load-wait", type=float, default=10.0, help="`wait` of each POST, in seconds")
     group.add_argument("--load-seed", type=int, default=0, help="seed of the request mix")
 
@@ -78,8 +82,12 @@ class Plan:
     poll_picks: list[float]  # which created job a poll reads, as a fraction of those created so far
 
     @classmethod
-    def draw(cls, count: int, seed: int) -> Plan:
+    def draw(cls, count: int, seed: int, mix: str = "mixed") -> Plan:
+        """``mixed``: the seeded mix above; ``faces-n1``: faces of one image only, the crowd that exhausts
+        connections fastest (the most requests per second, each a few Redis round trips)."""
         rng = random.Random(seed)
+        if mix == "faces-n1":
+            return cls(["faces"] * count, [1] * count, [1] * count, [0.0] * count)
         kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=count)
         return cls(
             kinds,
@@ -168,6 +176,33 @@ async def _settle(base_url: str, outcomes: list[Outcome]) -> dict[str, Any]:
     }
 
 
+async def _streams(base_url: str, count: int) -> dict[str, Any]:
+    """``count`` clients follow one digit job's events (``GET /jobs/{id}/events``) at once: how many streams
+    ended with ``done``, and how the others ended."""
+    limits = httpx.Limits(max_connections=count + 1, max_keepalive_connections=count + 1)
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(60, read=120), limits=limits) as client:
+        created = await client.post("/generate/digits", params={"label": 3, "n": 10, "wait": 0})
+        created.raise_for_status()
+        job_id = created.json()["id"]
+
+        async def follow() -> str:
+            try:
+                async with client.stream("GET", f"/jobs/{job_id}/events") as response:
+                    if response.status_code != 200:
+                        return f"http {response.status_code}"
+                    async for line in response.aiter_lines():
+                        if line.strip() == "event: done":
+                            return "done"
+                    return "cut off without done"
+            except httpx.HTTPError as err:
+                return type(err).__name__
+
+        started = time.perf_counter()
+        ends = Counter(await asyncio.gather(*(follow() for _ in range(count))))
+    return {"streams": count, "ended_with_done": ends.get("done", 0), "ends": dict(ends),
+            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+
+
 def summarize(outcomes: list[Outcome], seconds: float, jobs: dict[str, Any]) -> dict[str, Any]:
     statuses: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
     latency: dict[str, dict[str, float | None]] = {}
@@ -213,7 +248,7 @@ def _print(clients: int, row: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     levels = [int(c) for c in str(args.load_clients).split(",") if c.strip()]
     pngs = digit_pngs(16, args.data_source)
-    plan = Plan.draw(args.load_requests, args.load_seed)
+    plan = Plan.draw(args.load_requests, args.load_seed, args.load_mix)
     specs = worker_specs(torch_threads=args.threads)
     result: dict[str, Any] = {
         "config": {
@@ -221,8 +256,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "clients": levels,
             "wait_s": args.load_wait,
             "seed": args.load_seed,
-            "mix": MIX,
-            "faces_n": "1..8",
+            "mix": MIX if args.load_mix == "mixed" else {"faces": 1.0},
+            "faces_n": "1..8" if args.load_mix == "mixed" else "1",
             "classify_images": "1..4 " + ("USPS test digits" if usps_path(args.data_source).is_file() else "noise PNGs"),
             "device": args.device,
             "checkpoints": "shipped"
@@ -249,6 +284,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         jobs = asyncio.run(_settle(base_url, burst.outcomes))
                         row = result["levels"][str(clients)] = summarize(burst.outcomes, seconds, jobs)
                         _print(clients, row)
+                    if args.load_streams:
+                        streams = result["streams"] = asyncio.run(_streams(base_url, args.load_streams))
+                        print(f"  {streams['streams']} event streams on one digit job: {streams['ended_with_done']} "
+                              f"ended with done ({streams['ends']}) in {streams['seconds']} s", flush=True)  # fmt: skip
                 except Exception:
                     for log in sorted(root.glob("logs/*.log")):
                         print(f"--- {log.name} (last lines) ---\n{log.read_text(errors='replace')[-2000:]}")

@@ -117,6 +117,10 @@ def load(section: dict[str, Any]) -> list[str]:
         jobs = row.get("jobs", {})
         lines.append(f"| {clients} | {jobs.get('accepted')} | {jobs.get('succeeded')} | {jobs.get('failed')} | "
                      f"{jobs.get('unfinished')} | {row.get('refused_429_with_retry_after')} | {row.get('errors')} |")
+    if streams := section.get("streams"):
+        ends = ", ".join(f"{end}: {n}" for end, n in streams.get("ends", {}).items())
+        lines += ["", f"{streams['streams']} event streams (`GET /jobs/{{id}}/events`) opened at once on one digit "
+                  f"job: {streams['ended_with_done']} ended with `done` ({ends}), in {streams['seconds']} s."]
     return lines
 
 
