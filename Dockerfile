@@ -65,6 +65,8 @@ FROM runtime AS api
 COPY --from=build-api /opt/venv /opt/venv
 USER app
 EXPOSE 8000
+# uvicorn believes X-Forwarded-For only from these proxies; unset, it would believe 127.0.0.1's (see docs/service.md).
+ENV FORWARDED_ALLOW_IPS=""
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 # --http: uvicorn's h11 protocol plus a deadline for a request's headers (HEADER_TIMEOUT_S; api/transport.py).

@@ -44,6 +44,16 @@ def get_event_streams(request: Request) -> JobEventStreams:
     return request.app.state.events
 
 
+def caller(request: Request) -> str | None:
+    """Whose jobs the request may create and see: its API key's id, which ``require_api_key`` (a route
+    guard, so it has run) sets; None when the server asks for no keys."""
+    key_id: str | None = getattr(request.state, "api_key_id", None)
+    if key_id is None and request.app.state.settings.api_keys:
+        # Fail closed: a route mounted without the key check must not see every key's jobs.
+        raise RuntimeError(f"{request.url.path} reads jobs without the key check (api.access.keys.route_guards)")
+    return key_id
+
+
 def preferred_representation(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> Representation:
     """The client's preferred form of a finished job, from ``Accept`` (JSON unless it asks otherwise)."""
     best: tuple[float, int, Representation] = (0.0, 0, "json")
@@ -99,5 +109,6 @@ JobsDep = Annotated[JobService, Depends(get_jobs)]
 WorkersDep = Annotated[LiveWorkers, Depends(get_workers)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 EventStreamsDep = Annotated[JobEventStreams, Depends(get_event_streams)]
+CallerDep = Annotated[str | None, Depends(caller)]
 RepresentationDep = Annotated[Representation, Depends(preferred_representation)]
 IdempotencyKeyDep = Annotated[str | None, Depends(idempotency_key)]

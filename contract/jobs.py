@@ -100,7 +100,9 @@ class DigitsResult(BaseModel):
     grid: ImageLink
     images: list[ImageLink] = Field(description="One PNG per digit, named `<label>_<index>.png` as in the course.")
     frames: list[FrameLink] = Field(description="Reverse-process frames of the first image (when asked for).")
-    frames_strip: ImageLink | None = Field(None, description=f"The frames side by side, t = {NUM_TRAIN_TIMESTEPS} on the left.")
+    frames_strip: ImageLink | None = Field(
+        None, description=f"The frames side by side, t = {NUM_TRAIN_TIMESTEPS} on the left."
+    )
     animation: ImageLink | None = Field(
         None, description="The animated PNG of the first image's reverse process (when asked for)."
     )
@@ -265,6 +267,9 @@ class JobRecord:
     # Where the finished job is POSTed (workers.webhooks); not in ``params`` (the task's arguments),
     # and not shown by GET /jobs/{id}: a receiver's URL may carry its token.
     webhook: str | None = None
+    # The id (``api.access.rate_limits.key_id``, not the key) of the API key that created the job; only
+    # that key may read or cancel it. None when the server asks for no keys.
+    owner: str | None = None
 
     def to_json(self) -> str:
         data = {
@@ -275,6 +280,8 @@ class JobRecord:
         }
         if self.webhook is not None:
             data["webhook"] = self.webhook
+        if self.owner is not None:
+            data["owner"] = self.owner
         return json.dumps(data)
 
     @classmethod
@@ -287,6 +294,7 @@ class JobRecord:
             data["params"],
             datetime.fromisoformat(data["created_at"]),
             data.get("webhook"),
+            data.get("owner"),
         )
 
 
@@ -309,7 +317,8 @@ def describe_failure(exc: Any) -> tuple[str, str]:
     if name in ("SoftTimeLimitExceeded", "TimeLimitExceeded"):
         return (
             name,
-            "the job ran past the worker's time limit: ask for fewer images or fewer steps (or raise TASK_SOFT_TIME_LIMIT)",
+            "the job ran past the worker's time limit: ask for fewer images or fewer steps "
+            "(or raise TASK_SOFT_TIME_LIMIT)",
         )
     if name == "WorkerLostError":
         return name, "the worker process died while running the job (out of memory?): retry with fewer images"

@@ -94,7 +94,13 @@ def start_services(stack: LocalStack, settings: Settings, env: dict[str, str]) -
         )
     webhooks = stack.start_worker(webhook_worker_spec())
     print(f"celery worker for webhook deliveries (pid {webhooks.pid}): no models")
-    base = stack.start_api(settings.host, settings.port, wait_s=0, processes=settings.api_processes)
+    base = stack.start_api(
+        settings.host,
+        settings.port,
+        wait_s=0,
+        processes=settings.api_processes,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
     print(f"uvicorn (pid {stack.api.pid}) on {settings.host}:{settings.port}, "  # type: ignore[union-attr]
           f"{settings.api_processes} API process(es)", flush=True)  # fmt: skip
     return base

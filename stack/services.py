@@ -92,11 +92,18 @@ def webhook_worker_spec() -> WorkerSpec:
     return WorkerSpec(QUEUE_WEBHOOKS, "threads", WEBHOOK_WORKER_THREADS, app="workers.webhook_app", serves_models=False)
 
 
-def api_command(host: str, port: int, processes: int = 1) -> list[str]:
+def api_command(host: str, port: int, processes: int = 1, *, forwarded_allow_ips: str = "") -> list[str]:
     """uvicorn serving the API; with ``processes`` > 1 it forks that many API processes on one port (and
-    restarts one that dies). They share nothing but Redis and the results store, like API replicas on many hosts."""
+    restarts one that dies). They share nothing but Redis and the results store, like API replicas on many hosts.
+
+    ``forwarded_allow_ips`` (``FORWARDED_ALLOW_IPS``) is always passed: left to itself, uvicorn believes
+    ``X-Forwarded-For`` from 127.0.0.1, so every local client could name its own address (rate limits)."""
     command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", host, "--port", str(port)]
     command += ["--http", HTTP_PROTOCOL]
+    if forwarded_allow_ips:
+        command += ["--proxy-headers", "--forwarded-allow-ips", forwarded_allow_ips]
+    else:
+        command.append("--no-proxy-headers")
     return command + (["--workers", str(processes)] if processes > 1 else [])
 
 
@@ -173,11 +180,18 @@ class LocalStack:
                 raise RuntimeError(f"{err}{self._log_tail(f'worker-{queue}')}") from err
 
     def start_api(
-        self, host: str = "127.0.0.1", port: int | None = None, *, wait_s: float = 60, processes: int = 1
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        wait_s: float = 60,
+        processes: int = 1,
+        forwarded_allow_ips: str = "",
     ) -> str:
         """Start uvicorn; waits up to ``wait_s`` for ``/healthz`` (0: not at all). Returns its base URL."""
         port = port or free_port(host)
-        self.api = self._spawn("api", api_command(host, port, processes), self.env)
+        command = api_command(host, port, processes, forwarded_allow_ips=forwarded_allow_ips)
+        self.api = self._spawn("api", command, self.env)
         self.base_url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
         if wait_s > 0:
             api = self.api

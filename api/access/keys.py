@@ -34,7 +34,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.access.rate_limits import WRITE_METHODS, key_id, rate_limit
+from api.access.rate_limits import WRITE_METHODS, RateLimiter, key_id, rate_limit
 from api.config import Settings
 from api.errors import ForeignOrigin, Unauthenticated, service_error_response
 
@@ -72,7 +72,8 @@ async def require_api_key(
     header_key: Annotated[str | None, Security(api_key_header)],
     bearer_key: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:
-    """Refuses a request without one of ``API_KEYS``; marks who it is for the rate limiter."""
+    """Refuses a request without one of ``API_KEYS``; marks who it is for the rate limiter and its jobs' owner.
+    A wrong key counts against its address's rate limit (``RateLimiter.count_wrong_key``)."""
     settings: Settings = request.app.state.settings
     supplied = header_key or (bearer_key.credentials if bearer_key else None)
     challenge = {"WWW-Authenticate": 'Bearer realm="api"'}
@@ -82,7 +83,12 @@ async def require_api_key(
             "In /docs, enter it with the Authorize button.",
             headers=challenge,
         )
+    limiter: RateLimiter | None = getattr(request.app.state, "limiter", None)
+    if limiter is not None:
+        await limiter.refuse_key_guesser(request)
     if not key_matches(supplied, [key.get_secret_value() for key in settings.api_keys]):
+        if limiter is not None:
+            await limiter.count_wrong_key(request)
         raise Unauthenticated(
             f"wrong API key: the key sent is not one of this server's API_KEYS; {HOW_TO_SEND} with a valid key",
             headers=challenge,
@@ -91,7 +97,8 @@ async def require_api_key(
 
 
 def route_guards(settings: Settings) -> list[Any]:
-    """The dependencies of every route but ``/healthz``: the key check (with keys set), then the rate limit."""
+    """The dependencies of every route but ``/healthz``: the key check (with keys set), then the rate limit
+    (which counts per key, so it needs the key checked first; wrong keys the key check counts itself)."""
     guards: list[Any] = [Security(require_api_key)] if settings.api_keys else []
     if settings.rate_limit or settings.rate_limit_reads:
         guards.append(Depends(rate_limit))

@@ -5,6 +5,18 @@ costs a worker seconds of compute) and the looser ``RATE_LIMIT_READS`` for GETs
 (polls, images, /models), which cost the API little. A client is its API key
 (hashed: no key is stored in Redis) or, without keys, its IP address.
 
+The address is the TCP peer's. uvicorn would take it from ``X-Forwarded-For``
+whenever the peer is 127.0.0.1 (its default), so any local client could pick
+a fresh address per request and never be limited; the service passes
+``FORWARDED_ALLOW_IPS`` (default empty: trust no one) to uvicorn wherever it
+starts it, so only a configured proxy's header counts.
+
+A wrong API key is a guess at a key: it spends one request of its address's
+write budget (``RATE_LIMIT``, whatever the method), and once that is spent every
+request of that address that sends a key gets 429 before its key is compared,
+the right key included: a guesser must not tell a right key by its 200 among
+the 429s. A missing key guesses nothing and costs nothing.
+
 Why the ``limits`` package directly and not ``slowapi`` (which wraps it): slowapi
 limits through per-route decorators that need a ``request`` argument in every
 endpoint, or a middleware that runs before the route's dependencies, so it
@@ -48,6 +60,7 @@ log = logging.getLogger(__name__)
 # each wait for a connect timeout, and the log gets one line per outage, not per request.
 OUTAGE_RETRY_S = 5.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+WRONG_KEY = "wrong-key"  # the budget's name beside "write" and "read": an address's wrong API keys
 
 
 def _describe(items: list[RateLimitItem]) -> str:
@@ -59,6 +72,11 @@ def client_id(request: Request) -> str:
     key_id = getattr(request.state, "api_key_id", None)
     if key_id:
         return f"key:{key_id}"
+    return address_id(request)
+
+
+def address_id(request: Request) -> str:
+    """The client's address: the TCP peer's, or the one a proxy listed in ``FORWARDED_ALLOW_IPS`` forwarded."""
     return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
@@ -104,6 +122,37 @@ class RateLimiter:
                 if not await self.strategy.hit(item, kind, who):
                     stats = await self.strategy.get_window_stats(item, kind, who)
                     self._refuse(items, writes, max(1, math.ceil(stats.reset_time - time.time())))
+        except StorageError as err:
+            self._skip_until = time.monotonic() + OUTAGE_RETRY_S
+            log.warning("rate limits not enforced for %.0f s: Redis unreachable (%s)", OUTAGE_RETRY_S, err)
+
+    async def refuse_key_guesser(self, request: Request) -> None:
+        """429, before its key is compared, for a request from an address whose wrong-key budget is spent."""
+        await self._wrong_keys(request, spend=False)
+
+    async def count_wrong_key(self, request: Request) -> None:
+        """A wrong API key spends one request of its address's budget; 429 once that is spent."""
+        await self._wrong_keys(request, spend=True)
+
+    async def _wrong_keys(self, request: Request, *, spend: bool) -> None:
+        # A guess costs the same by GET as by POST: the stricter write budget (the reads' when writes are off).
+        writes = bool(self.budgets[True])
+        items = self.budgets[writes]
+        if not items or time.monotonic() < self._skip_until:
+            return
+        who = address_id(request)
+        try:
+            for item in items:
+                counted = self.strategy.hit if spend else self.strategy.test
+                if not await counted(item, WRONG_KEY, who):
+                    stats = await self.strategy.get_window_stats(item, WRONG_KEY, who)
+                    retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+                    raise RateLimited(
+                        f"too many wrong API keys from this address: it may send {_describe(items)} requests with a "
+                        f"wrong key ({self.settings_names[writes]}), and until then none with any key; "
+                        f"retry in {retry_after} s",
+                        headers={"Retry-After": str(retry_after)},
+                    )
         except StorageError as err:
             self._skip_until = time.monotonic() + OUTAGE_RETRY_S
             log.warning("rate limits not enforced for %.0f s: Redis unreachable (%s)", OUTAGE_RETRY_S, err)

@@ -8,7 +8,15 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from api.deps import (
+    CallerDep,
+    IdempotencyKeyDep,
+    JobsDep,
+    RepresentationDep,
+    SettingsDep,
+    WorkersDep,
+    wait_seconds,
+)
 from api.errors import TooLarge
 from api.parsing.params import check_webhook, only_files
 from api.parsing.query_rules import strict_query
@@ -31,7 +39,8 @@ router = APIRouter(prefix="/classify", tags=["classify"], dependencies=[Depends(
     description=(
         "Upload one or many digit images (PNG or JPEG, any size, gray or RGB) as multipart fields named "
         "`files`, and say which domain they come from with `target`. The other parameters (`target`, `wait`, "
-        "`webhook`) go in the query string; a form field other than `files` is refused with a 422 that says so. Each image gets its label and the ten "
+        "`webhook`) go in the query string; a form field other than `files` is refused with a 422 that says so. "
+        "Each image gets its label and the ten "
         "class probabilities from the DANN adapted to that domain.\n\n"
         "Send `Accept: text/csv` for the course's CSV (`image_name,label`) instead of JSON.\n\n"
         "```\ncurl -F files=@00001.png -F files=@00002.png 'localhost:8000/classify/target-domain?target=svhn'\n"
@@ -65,6 +74,7 @@ async def classify_target_domain(
     settings: SettingsDep,
     representation: RepresentationDep,
     idempotency_key: IdempotencyKeyDep,
+    caller: CallerDep,
     request: Request,
 ) -> Response:
     only_files(await request.form(), "files", ClassifyQuery)  # parsed already: FastAPI read `files` from it
@@ -72,7 +82,8 @@ async def classify_target_domain(
     wait = wait_seconds(query.wait, settings)
     if len(files) > settings.max_files:
         raise TooLarge(
-            f"{len(files)} files is more than {settings.max_files} per request (MAX_FILES): split them into several requests"
+            f"{len(files)} files is more than {settings.max_files} per request (MAX_FILES): "
+            "split them into several requests"
         )
     await workers.require(CLASSIFY_ROLES[query.target])
     names: list[str] = []
@@ -84,7 +95,8 @@ async def classify_target_domain(
         await upload.close()  # its spooled bytes go now, not at the end of the request
         if len(data) > settings.max_file_bytes:
             raise TooLarge(
-                f"{name!r} is larger than {settings.max_file_bytes:,} bytes (MAX_FILE_BYTES): downscale or re-compress it"
+                f"{name!r} is larger than {settings.max_file_bytes:,} bytes (MAX_FILE_BYTES): "
+                "downscale or re-compress it"
             )
         # One image decoded at a time (and per core across requests), and only its 28x28 digit kept.
         async with decode_slot():
@@ -97,6 +109,7 @@ async def classify_target_domain(
         TASK_CLASSIFY,
         kwargs={"target": query.target, "inputs": stored, "names": names},
         params={"target": query.target, "files": len(names)},
+        owner=caller,
         job_id=job_id,
         webhook=query.webhook,
         # The same images (as the model sees them) under the same names: the same job.

@@ -21,7 +21,7 @@ _ERRORS: dict[int, tuple[str, str]] = {
         "jobs only from its own pages and the origins in CORS_ALLOW_ORIGINS; nothing was created. ...",
     ),
     404: (
-        "No such job (never created here, or expired), or no such file in it.",
+        "No such job (never created here, expired, or another API key's: the same answer), or no such file in it.",
         "no job 'abc': it was never created here or has expired",
     ),
     409: (
@@ -31,7 +31,8 @@ _ERRORS: dict[int, tuple[str, str]] = {
     ),
     413: (
         "Too large: the body, a file, the number of files or an image's pixel count is over its limit.",
-        "'big.png' is 50000x50000 = 2,500,000,000 pixels, above the limit of 16,777,216 (MAX_IMAGE_PIXELS): downscale it",
+        "'big.png' is 50000x50000 = 2,500,000,000 pixels, above the limit of 16,777,216 (MAX_IMAGE_PIXELS): "
+        "downscale it",
     ),
     415: (
         "A file is not a PNG or JPEG image; or a body that is not the endpoint's media type (the /generate "
@@ -39,13 +40,14 @@ _ERRORS: dict[int, tuple[str, str]] = {
         "'notes.txt' is not an image Pillow can read: send PNG or JPEG",
     ),
     422: (
-        "A parameter is missing, unknown or out of range, or an image is truncated; `detail` names it and the allowed values.",
+        "A parameter is missing, unknown or out of range, or an image is truncated; `detail` names it and the "
+        "allowed values.",
         "invalid request: query parameter 'n': Input should be less than or equal to 64 (got 100)",
     ),
     429: (
         "Too many requests: this client's rate limit (`RATE_LIMIT` for POSTs, `RATE_LIMIT_READS` for GETs) is "
-        "used up, or the job's queue is full (`MAX_QUEUED_SMALL` / `MAX_QUEUED_DIFFUSION`). Nothing was created; "
-        "retry after `Retry-After` seconds.",
+        "used up, its address has sent too many wrong API keys, or the job's queue is full (`MAX_QUEUED_SMALL` / "
+        "`MAX_QUEUED_DIFFUSION`). Nothing was created; retry after `Retry-After` seconds.",
         "the 'diffusion' queue already holds 100 waiting jobs, its limit (MAX_QUEUED_DIFFUSION=100): nothing was "
         "created; retry after 10 s",
     ),
@@ -83,7 +85,8 @@ def job_responses(
         200: {"description": "The job finished within `wait`: its result.", "content": content},
         202: {
             "model": JobPublic,
-            "description": "Not finished within `wait`: the job as it stands. Poll the URL in `Location` (`GET /jobs/{id}`).",
+            "description": "Not finished within `wait`: the job as it stands. Poll the URL in `Location` "
+            "(`GET /jobs/{id}`).",
             "content": {"application/json": {"example": JOB_QUEUED_EXAMPLE}},
         },
     }

@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from api.deps import (
+    CallerDep,
+    IdempotencyKeyDep,
+    JobsDep,
+    RepresentationDep,
+    SettingsDep,
+    WorkersDep,
+    wait_seconds,
+)
 from api.errors import InvalidParameter
 from api.parsing.params import json_body_doc, parameters
 from api.parsing.query_rules import strict_query
@@ -29,7 +37,8 @@ router = APIRouter(prefix="/generate", tags=["generate"], dependencies=[Depends(
         "Samples `n` MNIST-M-style digits of `label` (absent: `n` of every digit, a grid row per label, "
         "the report's 10x10 figure) from the class-conditional diffusion model. `frames=true` adds the "
         "reverse process of the first image at t = 400, 320, 240, 160, 80, 0 (for a few-step sampler, the nearest "
-        "step it visits; for `distilled`, where its DDIM path crosses t), and `GET /jobs/{id}/events` streams them live while the job runs; `animation=true` adds an "
+        "step it visits; for `distilled`, where its DDIM path crosses t), and `GET /jobs/{id}/events` streams "
+        "them live while the job runs; `animation=true` adds an "
         "animated PNG of the whole reverse process.\n\n"
         "By default the digits come from the model's recommended few-step configuration (`GET /models` shows it; "
         "`sampler`, `steps`, `guidance` and `guidance_from`/`guidance_to` override it).\n\n"
@@ -52,6 +61,7 @@ async def generate_digits(
     settings: SettingsDep,
     representation: RepresentationDep,
     idempotency_key: IdempotencyKeyDep,
+    caller: CallerDep,
 ) -> Response:
     wait = wait_seconds(query.wait, settings)
     labels = [query.label] if query.label is not None else list(range(10))
@@ -87,7 +97,13 @@ async def generate_digits(
     }
     idempotency = Idempotency.of(idempotency_key, "POST /generate/digits", query.model_dump(exclude={"wait"}))
     record = await jobs.submit(
-        JobKind.digits, TASK_DIGITS, kwargs=params, params=params, idempotency=idempotency, webhook=query.webhook
+        JobKind.digits,
+        TASK_DIGITS,
+        kwargs=params,
+        params=params,
+        owner=caller,
+        idempotency=idempotency,
+        webhook=query.webhook,
     )
     state = await jobs.wait(record.id, wait)
     return await jobs.response(record, state, representation=representation)

@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 
-from api.deps import IdempotencyKeyDep, JobsDep, RepresentationDep, SettingsDep, WorkersDep, wait_seconds
+from api.deps import (
+    CallerDep,
+    IdempotencyKeyDep,
+    JobsDep,
+    RepresentationDep,
+    SettingsDep,
+    WorkersDep,
+    wait_seconds,
+)
 from api.parsing.params import json_body_doc, parameters
 from api.parsing.query_rules import strict_query
 from api.routes.common import draw_seed, error_responses, job_responses
@@ -42,6 +50,7 @@ async def generate_faces(
     settings: SettingsDep,
     representation: RepresentationDep,
     idempotency_key: IdempotencyKeyDep,
+    caller: CallerDep,
 ) -> Response:
     wait = wait_seconds(query.wait, settings)
     await workers.require(FACE_ROLES[query.model])
@@ -49,7 +58,13 @@ async def generate_faces(
     # The request as sent (a drawn seed is not part of it): what a retry must repeat.
     idempotency = Idempotency.of(idempotency_key, "POST /generate/faces", query.model_dump(exclude={"wait"}))
     record = await jobs.submit(
-        JobKind.faces, TASK_FACES, kwargs=params, params=params, idempotency=idempotency, webhook=query.webhook
+        JobKind.faces,
+        TASK_FACES,
+        kwargs=params,
+        params=params,
+        owner=caller,
+        idempotency=idempotency,
+        webhook=query.webhook,
     )
     state = await jobs.wait(record.id, wait)
     return await jobs.response(record, state, representation=representation)

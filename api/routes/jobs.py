@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import FileResponse, Response
 
-from api.deps import JobsDep, SettingsDep, wait_seconds
+from api.deps import CallerDep, JobsDep, SettingsDep, wait_seconds
 from api.errors import FileNotFound, JobNotFinished
 from api.parsing.query_rules import strict_query
 from api.routes.common import error_responses
@@ -22,6 +22,15 @@ JobId = Annotated[
     str,
     Path(description="The id a POST returned (32 hex digits).", examples=["9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a"]),
 ]
+
+
+async def owned_job(job_id: JobId, jobs: JobsDep, caller: CallerDep) -> JobRecord:
+    """The job of every route that takes a job id (here and in ``api.routes.live``): a dependency, so an
+    unknown job, or another API key's, is a 404 before anything of the route runs (an event stream's 200)."""
+    return await jobs.get(job_id, caller=caller)
+
+
+JobDep = Annotated[JobRecord, Depends(owned_job)]
 
 
 def _require_success(record: JobRecord, state: JobState, what: str) -> dict:
@@ -49,11 +58,10 @@ def _require_success(record: JobRecord, state: JobState, what: str) -> dict:
     responses=error_responses(404, 422, 503),
 )
 async def get_job(
-    job_id: JobId, query: Annotated[JobWaitQuery, Query()], jobs: JobsDep, settings: SettingsDep
+    record: JobDep, query: Annotated[JobWaitQuery, Query()], jobs: JobsDep, settings: SettingsDep
 ) -> JobPublic:
     wait = wait_seconds(query.wait, settings)
-    record = await jobs.get(job_id)
-    state = await jobs.wait(job_id, wait) if wait > 0 else await jobs.state(job_id)
+    state = await jobs.wait(record.id, wait) if wait > 0 else await jobs.state(record.id)
     return jobs.public(record, state)
 
 
@@ -75,14 +83,13 @@ async def get_job(
     },
 )
 async def get_image(
-    job_id: JobId,
+    record: JobDep,
     name: Annotated[str, Path(description="A file name from the job's result.", examples=["grid.png"])],
     jobs: JobsDep,
 ) -> Response:
-    record = await jobs.get(job_id)
     if IMAGE_NAME_RE.match(name) and (image := await jobs.files.response(record.id, name)) is not None:
         return image
-    _require_success(record, await jobs.state(job_id), f"image {name!r}")
+    _require_success(record, await jobs.state(record.id), f"image {name!r}")
     raise FileNotFound(f"job {record.id} has no image {name!r}: GET /jobs/{record.id} lists its images")
 
 
@@ -102,9 +109,8 @@ async def get_image(
         **error_responses(404, 409, 422, 503),
     },
 )
-async def get_predictions_csv(job_id: JobId, jobs: JobsDep) -> Response:
-    record = await jobs.get(job_id)
+async def get_predictions_csv(record: JobDep, jobs: JobsDep) -> Response:
     if record.kind is not JobKind.classify:
         raise FileNotFound(f"job {record.id} is a {record.kind.value} job: only classification jobs have predictions")
-    result = _require_success(record, await jobs.state(job_id), "predictions")
+    result = _require_success(record, await jobs.state(record.id), "predictions")
     return Response(predictions_csv(result), media_type="text/csv")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
@@ -12,8 +11,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api.deps import EventStreamsDep, JobsDep
 from api.parsing.query_rules import strict_query
 from api.routes.common import error_responses
-from api.routes.jobs import JobId
-from contract.jobs import JOB_RUNNING_EXAMPLE, JobPublic, JobRecord
+from api.routes.jobs import JobDep
+from contract.jobs import JOB_RUNNING_EXAMPLE, JobPublic
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(strict_query)])
 
@@ -25,11 +24,6 @@ EVENTS_EXAMPLE = (
     'event: progress\ndata: {"step": 2, "total": 5}\n\n'
     'event: done\ndata: {"id": "9f1c...", "status": "succeeded", "result": {...}}\n\n'
 )
-
-
-async def existing_job(job_id: JobId, jobs: JobsDep) -> JobRecord:
-    # A dependency, so an unknown job is a 404 before the event stream (and its 200) starts.
-    return await jobs.get(job_id)
 
 
 @router.get(
@@ -74,7 +68,7 @@ async def existing_job(job_id: JobId, jobs: JobsDep) -> JobRecord:
     },
 )
 async def job_events(
-    record: Annotated[JobRecord, Depends(existing_job)],
+    record: JobDep,
     streams: EventStreamsDep,
 ) -> AsyncIterator[ServerSentEvent]:
     async for event in streams.stream(record):
@@ -101,7 +95,7 @@ async def job_events(
         **error_responses(404, 409, 422, 503),
     },
 )
-async def cancel_job(record: Annotated[JobRecord, Depends(existing_job)], jobs: JobsDep) -> JSONResponse:
+async def cancel_job(record: JobDep, jobs: JobsDep) -> JSONResponse:
     await jobs.cancel(record, await jobs.state(record.id))
     state = await jobs.wait(record.id, CANCEL_WAIT_S)
     public = jobs.public(record, state)

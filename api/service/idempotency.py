@@ -6,6 +6,10 @@ request created and to a fingerprint of that request's parameters (``SET NX``
 in Redis, with the jobs' TTL). A retry with the same key and parameters gets
 that job back; the same key with other parameters is a client bug and a 409
 (the IETF httpapi draft "The Idempotency-Key HTTP Header Field" behaves alike).
+
+With API keys, a binding belongs to the API key that made it (``owner``, a key id):
+the same Idempotency-Key sent with another API key is another client's and makes
+a job of its own, never hands out the first client's job (nor, by a 409, says it exists).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Idempotency:
     key: str
     scope: str  # the route, e.g. "POST /generate/faces": one key may serve different routes independently
     fingerprint: str  # of the request's parameters: what makes a retry "the same request"
+    owner: str | None = None  # the API key's id (JobRecord.owner); None without API keys
 
     @classmethod
     def of(cls, key: str | None, scope: str, request: dict[str, Any]) -> Idempotency | None:
@@ -42,7 +47,8 @@ class Idempotency:
     @property
     def redis_key(self) -> str:
         # Hashed, so any client key makes a short, plain Redis key.
-        return f"{IDEMPOTENCY_KEY_PREFIX}{self.scope}:{digest(self.key.encode())}"
+        owner = f"{self.owner}:" if self.owner is not None else ""
+        return f"{IDEMPOTENCY_KEY_PREFIX}{owner}{self.scope}:{digest(self.key.encode())}"
 
     def entry(self, job_id: str) -> str:
         return json.dumps({"job": job_id, "fingerprint": self.fingerprint})

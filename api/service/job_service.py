@@ -3,6 +3,10 @@
 Celery reports an id it has never seen as PENDING forever, so the API keeps a
 small record per job it created (kind, params, creation time, with the results'
 TTL); an id without a record is a 404.
+
+With API keys, the record names the key that created the job (``JobRecord.owner``)
+and ``get`` is the one door to a job for every route that takes a job id: another
+key's job is the same 404 as an unknown id, so no key learns that it exists.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import json
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,15 +137,21 @@ class JobService:
         kwargs: dict[str, Any],
         params: dict[str, Any],
         *,
+        owner: str | None,
         job_id: str | None = None,
         idempotency: Idempotency | None = None,
         webhook: str | None = None,
     ) -> JobRecord:
-        """Create the job, or, for an ``Idempotency-Key`` seen before with the same parameters, return its job."""
-        if idempotency is not None and (earlier := await self._replay(idempotency)) is not None:
-            return earlier
+        """Create the job, or, for an ``Idempotency-Key`` seen before with the same parameters, return its job.
+
+        ``owner`` is the caller's API key id (``api.deps.caller``): the job is that key's, and so is the
+        Idempotency-Key (another key's same key is another binding)."""
+        if idempotency is not None:
+            idempotency = replace(idempotency, owner=owner)
+            if (earlier := await self._replay(idempotency)) is not None:
+                return earlier
         await self._check_room(task)
-        record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC), webhook)
+        record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC), webhook, owner)
         # The record goes first: a worker may finish before send_task returns, and a
         # retry that finds the key below must find the record too.
         await self.redis.set(job_key(record.id), record.to_json(), ex=self.ttl_s)
@@ -211,14 +222,17 @@ class JobService:
                 headers={"Retry-After": str(retry_s)},
             )
 
-    async def get(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str, *, caller: str | None) -> JobRecord:
+        """The job, for ``caller`` (its API key id; None without keys); 404 if unknown or another key's."""
         raw = await self.redis.get(job_key(job_id)) if JOB_ID_RE.match(job_id) else None
-        if raw is None:
+        record = JobRecord.from_json(job_id, raw) if raw is not None else None
+        # Without keys every job is everyone's; with keys, a job of no key (made before keys were set) is no one's.
+        if record is None or (caller is not None and record.owner != caller):
             raise JobNotFound(
                 f"no job {job_id!r}: it was never created here or has expired (jobs are kept {self.ttl_s} s). "
                 "Start a new one with a POST to /generate/... or /classify/..."
             )
-        return JobRecord.from_json(job_id, raw)
+        return record
 
     async def state(self, job_id: str) -> JobState:
         # What ``backend.get_task_meta`` does, on the API's async Redis client:

@@ -152,7 +152,16 @@ def serve_api(settings: Settings, name: str) -> Iterator[str]:
     """The API app of ``settings`` served by uvicorn in a thread of this process (real HTTP, a free port);
     yields its base URL and stops it on the way out."""
     port = free_port()
-    server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    # The proxy settings as ``stack.services.api_command`` passes them (uvicorn alone would trust 127.0.0.1).
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
+    server = _Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{name}", daemon=True)
     thread.start()
     try:

@@ -1,5 +1,6 @@
 """An API with API keys and CORS on, in front of the ``service`` workers: real workers, real Redis, real HTTP
-(uvicorn); and ``make run`` with keys."""
+(uvicorn), two keys that cannot see each other's jobs; uvicorn's forwarded headers as ``make run`` starts it;
+and ``make run`` with keys."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from stack.services import LocalStack
+
 from .helpers import open_png
-from .stack import PLUMBING_LIMITS, REPO, Stack, another_api
+from .stack import OPEN_ACCESS, PLUMBING_LIMITS, REPO, Stack, another_api
 
 pytestmark = pytest.mark.integration
 
 KEY = "integration-test-key-0123456789"
+OTHER_KEY = "integration-test-key-of-another-client"
 ABSOLUTE_PATH = re.compile(r'(?:^|[\s"\'(=:])/(?:[^\s/"\']+/)+')
 
 
@@ -28,7 +33,9 @@ ABSOLUTE_PATH = re.compile(r'(?:^|[\s"\'(=:])/(?:[^\s/"\']+/)+')
 def keyed(service: Stack) -> Iterator[Stack]:
     # Only the API's settings differ: a second API app in front of the session's workers.
     with another_api(
-        service, "keyed", **{**PLUMBING_LIMITS, "api_keys": KEY, "cors_allow_origins": "https://app.example"}
+        service,
+        "keyed",
+        **{**PLUMBING_LIMITS, "api_keys": f"{KEY},{OTHER_KEY}", "cors_allow_origins": "https://app.example"},
     ) as stack:
         yield stack
 
@@ -45,6 +52,55 @@ def test_a_keyed_stack_serves_faces_with_the_key_and_refuses_without(keyed: Stac
     assert image.status_code == 200 and open_png(image.content).size[0] > 0
     assert keyed.client.get("/healthz").status_code == 200
     assert keyed.client.get("/readyz", headers=key).status_code in (200, 503)  # ready or not, past the key
+
+
+def test_another_key_gets_404_for_a_job_and_everything_of_it(keyed: Stack) -> None:
+    mine, theirs = {"X-API-Key": KEY}, {"Authorization": f"Bearer {OTHER_KEY}"}
+    job = keyed.client.post("/generate/faces", params={"n": 2, "seed": 4, "wait": 30}, headers=mine).json()
+    assert job["status"] == "succeeded", job
+    url, grid = job["url"], job["result"]["grid"]["url"]
+    unknown = "/jobs/" + "e" * 32
+    reads = [url, grid, f"{url}/predictions.csv", f"{url}/events"]
+    for path in reads:
+        refused = keyed.client.get(path, headers=theirs)
+        assert refused.status_code == 404, (path, refused.text)
+        assert "never created here" in refused.json()["detail"]  # an unknown job's 404, not a 403
+    assert keyed.client.post(f"{url}/cancel", headers=theirs).status_code == 404
+    absent = keyed.client.get(unknown, headers=theirs).json()["detail"]
+    assert keyed.client.get(url, headers=theirs).json()["detail"] == absent.replace("e" * 32, job["id"])
+    assert keyed.client.get(grid, headers=mine).status_code == 200
+    assert keyed.client.get(url, headers=mine).json()["status"] == "succeeded"  # the other key's cancel did nothing
+
+
+def test_an_idempotency_key_sent_by_two_api_keys_makes_two_jobs(keyed: Stack) -> None:
+    same = {"Idempotency-Key": "shared-by-two-clients"}
+    query = {"n": 1, "seed": 8, "wait": 30}
+    first = keyed.client.post("/generate/faces", params=query, headers={**same, "X-API-Key": KEY}).json()
+    second = keyed.client.post("/generate/faces", params=query, headers={**same, "X-API-Key": OTHER_KEY}).json()
+    again = keyed.client.post("/generate/faces", params=query, headers={**same, "X-API-Key": KEY}).json()
+    assert first["id"] != second["id"] and again["id"] == first["id"]
+    assert first["status"] == second["status"] == "succeeded"
+
+
+def test_a_spoofed_forwarded_for_from_loopback_does_not_change_the_client(redis_db: str, tmp_path: Path) -> None:
+    """uvicorn started as ``make run`` starts it (``stack.services.api_command``), with a read budget of 3: rotating
+    ``X-Forwarded-For`` does not make each request a new client unless FORWARDED_ALLOW_IPS names the sender."""
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEYS", "FORWARDED_ALLOW_IPS")}
+    env.update({k.upper(): str(v) for k, v in OPEN_ACCESS.items()})
+    env.update(REDIS_URL=redis_db, RESULTS_DIR=str(tmp_path), RATE_LIMIT_READS="3/minute", PYTHONUNBUFFERED="1")
+    statuses: dict[str, list[int]] = {}
+    for trusted in ("", "127.0.0.1"):
+        stack = LocalStack(env, log_dir=tmp_path / f"trusted-{trusted or 'none'}")
+        try:
+            with httpx.Client(base_url=stack.start_api(forwarded_allow_ips=trusted), timeout=30) as client:
+                statuses[trusted] = [
+                    client.get("/jobs/" + "0" * 32, headers={"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+                    for i in range(5)
+                ]
+        finally:
+            stack.stop()
+    assert statuses[""] == [404, 404, 404, 429, 429]
+    assert statuses["127.0.0.1"] == [404] * 5  # a trusted proxy's header does name the client
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,13 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api.access.keys import key_matches
+from api.access.rate_limits import key_id
 from api.config import Settings
 from api.main import create_app
 from contract.registration import without_paths
 from stack.launcher import exposure_warning
 from stack.processes import RedisServer
+from stack.services import api_command
 
 KEY = "k" * 20 + "-first"
 OTHER_KEY = "o" * 20 + "-second"
@@ -49,15 +51,18 @@ def redis_url(redis_server: RedisServer, tmp_path: Path) -> Iterator[str]:
     client.close()
 
 
-def _app(redis_url: str, tmp_path: Path, **overrides: object) -> TestClient:
-    settings = Settings(
+def _settings(redis_url: str, tmp_path: Path, **overrides: object) -> Settings:
+    return Settings(
         _env_file=None,
         redis_url=redis_url,
         results_dir=tmp_path,
         checkpoint_dir=tmp_path,
         **{"rate_limit": "off", "rate_limit_reads": "off", **overrides},
     )
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+def _app(redis_url: str, tmp_path: Path, **overrides: object) -> TestClient:
+    return TestClient(create_app(_settings(redis_url, tmp_path, **overrides)), raise_server_exceptions=False)
 
 
 def _jobs(redis_url: str) -> int:
@@ -154,6 +159,69 @@ def test_keys_must_be_long_enough_and_are_not_shown() -> None:
     settings = Settings(_env_file=None, api_keys=f" {KEY} , {OTHER_KEY},")
     assert [k.get_secret_value() for k in settings.api_keys] == [KEY, OTHER_KEY]
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
+
+
+# -- isolation between keys ----------------------------------------------------------------------------------
+
+
+def _routes_of(job: str) -> list[tuple[str, str]]:
+    """Every route that takes a job id (``api.routes.jobs`` and ``api.routes.live``)."""
+    return [
+        ("get", f"/jobs/{job}"),
+        ("get", f"/jobs/{job}/images/grid.png"),
+        ("get", f"/jobs/{job}/predictions.csv"),
+        ("get", f"/jobs/{job}/events"),
+        ("post", f"/jobs/{job}/cancel"),
+    ]
+
+
+def test_a_job_is_the_key_that_created_it_and_another_key_gets_404_as_for_no_job(
+    redis_url: str, tmp_path: Path
+) -> None:
+    first, other = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
+    unknown = "f" * 32
+    with _app(redis_url, tmp_path, api_keys=f"{KEY},{OTHER_KEY}") as api:
+        job = api.post(FACES, params=QUICK, headers=first).json()["id"]
+        foreign = [api.request(method, path, headers=other) for method, path in _routes_of(job)]
+        absent = [api.request(method, path, headers=other) for method, path in _routes_of(unknown)]
+        own = api.get(f"/jobs/{job}", headers=first)
+        canceled = api.post(f"/jobs/{job}/cancel", headers=first)
+    # Not 403: the answer must not tell that the job exists, so it is the unknown id's, word for word.
+    for refused, missing in zip(foreign, absent):
+        assert refused.status_code == missing.status_code == 404, refused.request.url
+        assert refused.json()["detail"] == missing.json()["detail"].replace(unknown, job)
+    assert own.status_code == 200 and own.json()["status"] == "queued"
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"  # the other key's cancel did not
+
+
+def test_the_owner_is_stored_as_the_key_id_and_without_keys_there_is_none(redis_url: str, tmp_path: Path) -> None:
+    with _app(redis_url, tmp_path, api_keys=KEY) as api:
+        keyed = api.post(FACES, params=QUICK, headers={"X-API-Key": KEY}).json()["id"]
+    with _app(redis_url, tmp_path) as api:
+        open_job = api.post(FACES, params=QUICK).json()["id"]
+        assert api.get(f"/jobs/{keyed}").status_code == 200  # without keys nothing is hidden
+    client = redis.Redis.from_url(redis_url)
+    try:
+        records = {job: json.loads(client.get(f"genserve:job:{job}")) for job in (keyed, open_job)}
+    finally:
+        client.close()
+    assert records[keyed]["owner"] == key_id(KEY) and KEY not in json.dumps(records[keyed])
+    assert "owner" not in records[open_job]
+
+
+def test_an_idempotency_key_is_per_api_key(redis_url: str, tmp_path: Path) -> None:
+    same = {"Idempotency-Key": "one-key-for-both"}
+    first, other = {**same, "X-API-Key": KEY}, {**same, "X-API-Key": OTHER_KEY}
+    with _app(redis_url, tmp_path, api_keys=f"{KEY},{OTHER_KEY}") as api:
+        mine = api.post(FACES, params=QUICK, headers=first).json()["id"]
+        theirs = api.post(FACES, params=QUICK, headers=other).json()["id"]
+        other_params = api.post(FACES, params={**QUICK, "n": 2}, headers=other)
+        again = api.post(FACES, params=QUICK, headers=first).json()["id"]
+    assert theirs != mine and again == mine
+    # The other key's own binding answers, never the first key's job (not even by naming it in a 409).
+    assert other_params.status_code == 409 and theirs in other_params.json()["detail"]
+    assert mine not in other_params.text
+    assert _jobs(redis_url) == 2
 
 
 # -- origins: CORS and the foreign-Origin guard --------------------------------------------------------------
@@ -298,6 +366,47 @@ def test_without_keys_the_budget_is_per_address(redis_url: str, tmp_path: Path) 
     assert statuses == [202, 429, 202]
 
 
+def test_wrong_keys_spend_the_address_budget_then_every_key_from_it_gets_429(redis_url: str, tmp_path: Path) -> None:
+    limits = {"api_keys": KEY, "rate_limit": "3/minute"}
+    right, wrong = {"X-API-Key": KEY}, {"X-API-Key": OTHER_KEY}
+    with (
+        TestClient(create_app(_settings(redis_url, tmp_path, **limits)), client=("10.0.0.1", 1000)) as guesser,
+        TestClient(create_app(_settings(redis_url, tmp_path, **limits)), client=("10.0.0.2", 1000)) as neighbour,
+    ):
+        guesses = [guesser.post(FACES, params=QUICK, headers=wrong) for _ in range(3)]
+        by_get = guesser.get("/models", headers=wrong)
+        with_the_right_key = guesser.post(FACES, params=QUICK, headers=right)
+        without_a_key = guesser.get("/models")
+        elsewhere = neighbour.post(FACES, params=QUICK, headers=right)
+    assert [r.status_code for r in guesses] == [401] * 3
+    # A guess by GET counts too, and past the budget a right key is not told apart from a wrong one.
+    for refused in (by_get, with_the_right_key):
+        assert refused.status_code == 429, refused.text
+        retry = int(refused.headers["retry-after"])
+        assert 1 <= retry <= 60 and f"retry in {retry} s" in refused.json()["detail"]
+        assert "wrong API key" in refused.json()["detail"] and "(RATE_LIMIT)" in refused.json()["detail"]
+    assert without_a_key.status_code == 401  # a missing key guesses nothing
+    assert elsewhere.status_code == 202  # the budget is the address's, not the key's
+
+
+def test_a_flood_of_wrong_keys_is_stopped_at_the_write_budget(redis_url: str, tmp_path: Path) -> None:
+    with _app(redis_url, tmp_path, api_keys=KEY, rate_limit="60/minute") as api:
+        statuses = [api.post(FACES, params=QUICK, headers={"X-API-Key": OTHER_KEY}).status_code for _ in range(100)]
+    assert statuses == [401] * 60 + [429] * 40
+    assert _jobs(redis_url) == 0
+
+
+def test_uvicorn_believes_forwarded_headers_only_from_the_configured_proxies() -> None:
+    bare = api_command("127.0.0.1", 8000)
+    assert "--no-proxy-headers" in bare and "--forwarded-allow-ips" not in bare
+    proxied = api_command("127.0.0.1", 8000, forwarded_allow_ips="10.0.0.5,172.16.0.0/12")
+    assert proxied[proxied.index("--forwarded-allow-ips") + 1] == "10.0.0.5,172.16.0.0/12"
+    assert Settings(_env_file=None).forwarded_allow_ips == ""
+    assert Settings(_env_file=None, forwarded_allow_ips=" 10.0.0.5 , ::1,").forwarded_allow_ips == "10.0.0.5,::1"
+    with pytest.raises(ValidationError, match="FORWARDED_ALLOW_IPS: 'proxy.internal' is not an IP"):
+        Settings(_env_file=None, forwarded_allow_ips="proxy.internal")
+
+
 def test_limits_off_means_no_limit(redis_url: str, tmp_path: Path) -> None:
     with _app(redis_url, tmp_path, rate_limit="off", rate_limit_reads="OFF") as api:
         assert api.app.state.limiter is None  # type: ignore[attr-defined]
@@ -307,7 +416,10 @@ def test_limits_off_means_no_limit(redis_url: str, tmp_path: Path) -> None:
 def test_with_redis_down_the_limiter_fails_open_and_the_route_says_503(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="api.access.rate_limits"), _app(DOWN, tmp_path, rate_limit="1/minute") as api:
+    with (
+        caplog.at_level(logging.WARNING, logger="api.access.rate_limits"),
+        _app(DOWN, tmp_path, rate_limit="1/minute") as api,
+    ):
         responses = [api.post(FACES, params=QUICK) for _ in range(3)]
     assert {r.status_code for r in responses} == {503}
     assert all("Redis is unreachable" in r.json()["detail"] for r in responses)
