@@ -22,9 +22,10 @@ from collections.abc import Callable
 from functools import partial
 
 from api.config import Settings
+from contract.queues import QUEUE_WEBHOOKS, QUEUES
 from contract.settings import REPO
 from stack.processes import RedisServer, http_ok, port_in_use, wait_for
-from stack.requeue import reap_worker_group, requeue_unacked
+from stack.requeue import reap_worker_group, requeue_orphaned, requeue_unacked
 from stack.services import LocalStack, webhook_worker_spec, worker_specs
 from stack.supervisor import Child, Supervisor
 
@@ -53,6 +54,21 @@ def give_back(name: str, queues: tuple[str, ...], redis_url: str) -> None:
         return
     if jobs:
         print(f"the {name} died with {len(jobs)} job(s) unfinished: back on the queue ({', '.join(jobs)})", flush=True)
+
+
+def give_back_orphans(redis_url: str, *, only_unconsumed: bool) -> None:
+    """Before any worker starts: the jobs a previous run's workers had taken and never finished (its launcher was
+    killed, so nobody gave them back) go back on their queues. On a Redis of its own (which listens on 127.0.0.1
+    and was just started) every unacked job is such a job; on a shared one (``only_unconsumed``), only those of
+    queues that no live worker consumes."""
+    queues = (*QUEUES, QUEUE_WEBHOOKS)
+    try:
+        jobs = requeue_orphaned(redis_url, queues) if only_unconsumed else requeue_unacked(redis_url, queues)
+    except Exception as err:  # noqa: BLE001 - the visibility timeout still applies
+        print(f"could not look for a previous run's unfinished jobs ({err})", file=sys.stderr, flush=True)
+        return
+    if jobs:
+        print(f"{len(jobs)} job(s) a previous run left unfinished: back on the queue ({', '.join(jobs)})", flush=True)
 
 
 def preflight(settings: Settings) -> bool:
@@ -152,6 +168,7 @@ def main() -> int:
     stack: LocalStack | None = None
     try:
         redis = start_redis(settings, env)
+        give_back_orphans(env["REDIS_URL"], only_unconsumed=redis is None)
         stack = LocalStack(env)
         base = start_services(stack, settings, env)
         api = stack.api

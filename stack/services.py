@@ -58,6 +58,8 @@ class WorkerSpec:
 
     def env(self) -> dict[str, str]:
         env = {"WORKER_QUEUES": self.queue} if self.serves_models else {}
+        # Spawned with a parent-death signal (stack.processes): it also exits if that shutdown hangs on a dead Redis.
+        env["EXIT_WITH_PARENT"] = "true"
         if self.pool == "prefork":
             # SIGTERM = Celery's soft shutdown: the running job gets SHUTDOWN_GRACE_S, then goes
             # back on its queue at once (see workers.celery_app). Read by billiard at import.
@@ -157,8 +159,7 @@ class LocalStack:
         """Whether a worker process of this stack consuming ``queue`` has registered its models."""
         client = redis.Redis.from_url(self.redis_url, socket_timeout=5)
         try:
-            ids = client.zrangebyscore(*registration.live_query())
-            workers = registration.decode(client.mget(registration.keys_of(ids))) if ids else []
+            workers = registration.read_live(client)
         finally:
             client.close()
         # Started after our spawn: not a registration left by an earlier worker.
