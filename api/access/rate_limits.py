@@ -51,7 +51,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
-from api.errors import RateLimited
+from api.errors import BackendUnavailable, RateLimited
 from contract.keys import RATE_LIMIT_PREFIX
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,10 @@ class RateLimiter:
         """Counts the request against its client's budget; raises ``RateLimited`` when it is used up."""
         writes = request.method in WRITE_METHODS
         items = self.budgets[writes]
-        if not items or time.monotonic() < self._skip_until:
+        if not items:
+            return
+        if time.monotonic() < self._skip_until:
+            self._uncounted(writes)
             return
         who = client_id(request)
         kind = "write" if writes else "read"
@@ -124,7 +127,18 @@ class RateLimiter:
                     self._refuse(items, writes, max(1, math.ceil(stats.reset_time - time.time())))
         except StorageError as err:
             self._skip_until = time.monotonic() + OUTAGE_RETRY_S
-            log.warning("rate limits not enforced for %.0f s: Redis unreachable (%s)", OUTAGE_RETRY_S, err)
+            log.warning("rate limits not counted for %.0f s: Redis unreachable or busy (%s)", OUTAGE_RETRY_S, err)
+            self._uncounted(writes)
+
+    def _uncounted(self, writes: bool) -> None:
+        """Writes fail closed when they cannot be counted (a crowd that filled the Redis pool once got 143 jobs
+        past a budget of 60); reads go on to their route, which answers from Redis or says it is down."""
+        if writes:
+            raise BackendUnavailable(
+                "Redis is unreachable or busy, so this request could not be counted against its rate limit "
+                f"(RATE_LIMIT): nothing was created; retry in {OUTAGE_RETRY_S:.0f} s",
+                headers={"Retry-After": str(int(OUTAGE_RETRY_S))},
+            )
 
     async def refuse_key_guesser(self, request: Request) -> None:
         """429, before its key is compared, for a request from an address whose wrong-key budget is spent."""

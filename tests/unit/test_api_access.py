@@ -413,17 +413,22 @@ def test_limits_off_means_no_limit(redis_url: str, tmp_path: Path) -> None:
         assert {api.get("/jobs/" + "0" * 32).status_code for _ in range(30)} == {404}
 
 
-def test_with_redis_down_the_limiter_fails_open_and_the_route_says_503(
+def test_with_redis_down_writes_fail_closed_and_reads_reach_their_route(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with (
         caplog.at_level(logging.WARNING, logger="api.access.rate_limits"),
-        _app(DOWN, tmp_path, rate_limit="1/minute") as api,
+        _app(DOWN, tmp_path, rate_limit="1/minute", rate_limit_reads="1/minute") as api,
     ):
-        responses = [api.post(FACES, params=QUICK) for _ in range(3)]
-    assert {r.status_code for r in responses} == {503}
-    assert all("Redis is unreachable" in r.json()["detail"] for r in responses)
-    warnings = [r for r in caplog.records if "rate limits not enforced" in r.getMessage()]
+        writes = [api.post(FACES, params=QUICK) for _ in range(3)]
+        reads = [api.get("/jobs/" + "0" * 32) for _ in range(2)]
+    assert {r.status_code for r in writes} == {503}
+    assert all("could not be counted against its rate limit" in r.json()["detail"] for r in writes)
+    assert all(r.headers["retry-after"] == "5" for r in writes)
+    # A read is not refused by the limiter: its route tried Redis itself and said so.
+    assert {r.status_code for r in reads} == {503}
+    assert all(r.json()["detail"].startswith("Redis is unreachable: start it") for r in reads)
+    warnings = [r for r in caplog.records if "rate limits not counted" in r.getMessage()]
     assert len(warnings) == 1  # one line per OUTAGE_RETRY_S, not one per request
 
 
