@@ -83,6 +83,12 @@ class FileNotFound(ServiceError):
     status_code = 404
 
 
+class ResultsExpired(ServiceError):
+    """The job succeeded, but its files have been removed (JOB_TTL_SECONDS, RESULTS_MAX_BYTES) since."""
+
+    status_code = 410
+
+
 class JobNotFinished(ServiceError):
     status_code = 409
 

@@ -45,6 +45,7 @@ class JobStatus(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     canceled = "canceled"
+    expired = "expired"  # it succeeded, but its files have been removed from the results store since
 
 
 class Progress(BaseModel):
@@ -308,7 +309,7 @@ class JobState:
 
     @property
     def finished(self) -> bool:
-        return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+        return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.expired)
 
 
 def describe_failure(exc: Any) -> tuple[str, str]:

@@ -120,7 +120,7 @@ class LocalStore(ResultStore):
     def chunks(self, job_id: str, name: str) -> Iterator[bytes]:
         try:
             handle = self.path(job_id, name).open("rb")
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ResultNotFound(f"{job_id}/{name}") from None
         return _read(handle)
 

@@ -136,7 +136,8 @@ class RateLimiter:
         if writes:
             raise BackendUnavailable(
                 "Redis is unreachable or busy, so this request could not be counted against its rate limit "
-                f"(RATE_LIMIT): nothing was created; retry in {OUTAGE_RETRY_S:.0f} s",
+                f"(RATE_LIMIT): nothing was created; retry in {OUTAGE_RETRY_S:.0f} s (if it lasts, check that Redis "
+                "is up and REDIS_URL is right)",
                 headers={"Retry-After": str(int(OUTAGE_RETRY_S))},
             )
 

@@ -119,5 +119,5 @@ async def classify_target_domain(
             {"target": query.target, "images": [[name, digest(d.tobytes())] for name, d in zip(names, digits)]},
         ),
     )
-    state = await jobs.wait(record.id, wait)
+    state = await jobs.wait_after_submit(record.id, wait)
     return await jobs.response(record, state, representation=representation)

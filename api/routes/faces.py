@@ -66,5 +66,5 @@ async def generate_faces(
         idempotency=idempotency,
         webhook=query.webhook,
     )
-    state = await jobs.wait(record.id, wait)
+    state = await jobs.wait_after_submit(record.id, wait)
     return await jobs.response(record, state, representation=representation)

@@ -50,8 +50,9 @@ def _require_success(record: JobRecord, state: JobState, what: str) -> dict:
     response_model=JobPublic,
     summary="A job's status, progress and result",
     description=(
-        "`status` goes queued -> running -> succeeded | failed. A running diffusion job reports "
-        "`progress` (step of total); a finished one carries its `result` with the URLs of its images. "
+        "`status` goes queued -> running -> succeeded | failed | canceled; a succeeded job whose files retention "
+        "has removed since reads `expired` (its `error` says so, and it lists no URLs). A running diffusion job "
+        "reports `progress` (step of total); a finished one carries its `result` with the URLs of its images. "
         "`wait` long-polls: the answer comes when the job finishes or after `wait` seconds.\n\n"
         "```\ncurl localhost:8000/jobs/9f1c2e4b7a6d4c0e8b3a5d2f1e0c9b8a?wait=10\n```"
     ),
@@ -62,7 +63,7 @@ async def get_job(
 ) -> JobPublic:
     wait = wait_seconds(query.wait, settings)
     state = await jobs.wait(record.id, wait) if wait > 0 else await jobs.state(record.id)
-    return jobs.public(record, state)
+    return jobs.public(record, await jobs.checked(record, state))
 
 
 @router.get(

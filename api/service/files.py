@@ -1,21 +1,24 @@
 """A job's files as HTTP responses, from whichever results store the service runs on (``contract.store``).
 
-A local store's file is sent by ``FileResponse`` (sendfile, ranges, ETag). An S3
-object is streamed through the API in 64 KiB pieces, or, with ``RESULTS_PRESIGN``,
-the client is redirected to a presigned URL and fetches it from the store itself
-(the store's endpoint must then be reachable by the client).
+A file is opened when the request is answered and streamed from the open file in
+64 KiB pieces, from a local folder or an S3 object alike: a job that retention
+removes meanwhile still sends whole (``FileResponse`` opened its file only once the
+response started, and answered 500 for one removed in between). With
+``RESULTS_PRESIGN`` the client is redirected to a presigned S3 URL instead and
+fetches it from the store itself (the store's endpoint must then be reachable by
+the client).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from contract.digits import DIGIT_SIZE
 from contract.digits_io import digits_to_bytes
 from contract.files import INPUTS_DIR, INPUTS_FILE
-from contract.store import LocalStore, ResultNotFound, ResultStore
+from contract.store import ResultNotFound, ResultStore
 
 # Files are written once, under a fresh job id: caches may keep them.
 IMMUTABLE = {"Cache-Control": "public, max-age=3600, immutable"}
@@ -32,9 +35,6 @@ class ResultFiles:
     ) -> Response | None:
         """The file as a response, or None when the job has no such file (any more)."""
         headers = {**IMMUTABLE, **(headers or {})}
-        if isinstance(self.store, LocalStore):
-            path = self.store.path(job_id, name)
-            return FileResponse(path, media_type=media_type, headers=headers) if path.is_file() else None
         if self.presign:
             if not await run_in_threadpool(self.store.exists, job_id, name):
                 return None
@@ -47,6 +47,9 @@ class ResultFiles:
         except ResultNotFound:
             return None
         return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+    async def exists(self, job_id: str, name: str) -> bool:
+        return await run_in_threadpool(self.store.exists, job_id, name)
 
     async def store_inputs(self, job_id: str, digits: list[np.ndarray]) -> str:
         """Store a classify job's checked digits where its worker reads them; returns the name for the task."""

@@ -15,6 +15,7 @@ import asyncio
 import csv
 import io
 import json
+import logging
 import time
 import uuid
 from dataclasses import replace
@@ -24,16 +25,17 @@ from typing import Any
 from celery import Celery
 from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from api.errors import (
     BackendUnavailable,
-    FileNotFound,
     IdempotencyKeyReused,
     JobAlreadyFinished,
     JobFailed,
     JobNotFound,
     ModelUnavailable,
     QueueFull,
+    ResultsExpired,
 )
 from api.service.files import ResultFiles
 from api.service.idempotency import Idempotency
@@ -56,6 +58,8 @@ from contract.queues import QUEUE_DIFFUSION, QUEUE_SMALL, TASK_QUEUES
 SAFETY_POLL_S = 1.0
 # What a refused POST is told to wait: about how long its queue takes to make room.
 RETRY_AFTER_FULL_S = {QUEUE_SMALL: 1, QUEUE_DIFFUSION: 10}
+
+log = logging.getLogger(__name__)
 
 
 def new_job_id() -> str:
@@ -105,8 +109,11 @@ class JobService:
         """200 with the result (JSON, the grid PNG or the CSV) when done; 202 with the job's URL otherwise
         (200 with the job, status ``canceled``, for a job canceled meanwhile)."""
         raise_if_failed(record, state)
+        state = await self.checked(record, state)
         public = self.public(record, state)
-        if state.status is JobStatus.canceled:
+        if state.status is JobStatus.expired and representation != "json":
+            raise ResultsExpired(_expired_message(record.id), headers={"X-Job-Id": record.id})
+        if state.status in (JobStatus.canceled, JobStatus.expired):
             return JSONResponse(public.model_dump(mode="json"), headers={"X-Job-Id": record.id})
         if state.status is not JobStatus.succeeded:
             return JSONResponse(
@@ -118,10 +125,7 @@ class JobService:
             headers = {"X-Job-Id": record.id, "Content-Location": f"{public.url}/images/{grid}"}
             if (image := await self.files.response(record.id, grid, headers=headers)) is not None:
                 return image
-            raise FileNotFound(
-                f"job {record.id} succeeded, but its images have been removed (JOB_TTL_SECONDS, RESULTS_MAX_BYTES): "
-                "send the request again without the Idempotency-Key for new ones"
-            )
+            raise ResultsExpired(_expired_message(record.id), headers={"X-Job-Id": record.id})
         if representation == "csv" and record.kind is JobKind.classify:
             return Response(
                 predictions_csv(state.result),
@@ -267,6 +271,24 @@ class JobService:
                     state = state_from_meta(self._decode(message))
             return state
 
+    async def checked(self, record: JobRecord, state: JobState) -> JobState:
+        """``state``, or ``expired`` for a job that succeeded but whose files the results store has removed since
+        (retention: JOB_TTL_SECONDS, RESULTS_MAX_BYTES), so no answer lists URLs that would be 404s."""
+        grid = (state.result or {}).get("grid") if state.status is JobStatus.succeeded else None
+        if grid is None or await self.files.exists(record.id, grid):
+            return state
+        return JobState(JobStatus.expired, error=_expired_message(record.id), error_type="ResultsExpired")
+
+    async def wait_after_submit(self, job_id: str, timeout_s: float) -> JobState:
+        """``wait`` for the job this request has just created. From here on a 503 would tell the client that its
+        job was not made when it was (a retry without an Idempotency-Key made a duplicate), so a Redis error
+        while waiting answers the job as queued: a 202 with its URL to poll."""
+        try:
+            return await self.wait(job_id, timeout_s)
+        except (RedisError, OSError) as err:
+            log.warning("job %s created, but its state could not be read (%s): answered as queued", job_id, err)
+            return JobState(JobStatus.queued)
+
     def result_channel(self, job_id: str) -> str:
         """Where the job's Celery state is stored and published (``results`` dispatches it)."""
         return self._result_key(job_id)
@@ -298,6 +320,13 @@ class JobService:
     def _result_key(self, job_id: str) -> str:
         key = self.celery.backend.get_key_for_task(job_id)
         return key.decode() if isinstance(key, bytes) else key
+
+
+def _expired_message(job_id: str) -> str:
+    return (
+        f"job {job_id} succeeded, but its files have been removed from the results store since (JOB_TTL_SECONDS, "
+        "RESULTS_MAX_BYTES): send the request again, without its Idempotency-Key, for new ones"
+    )
 
 
 def raise_if_failed(record: JobRecord, state: JobState) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,11 +83,11 @@ def test_predictions_csv_never_hands_a_spreadsheet_a_formula() -> None:
     ]
 
 
-def test_a_finished_job_whose_files_were_removed_is_a_404_saying_so(tmp_path: Path) -> None:
-    """An idempotent replay with ``Accept: image/png`` after retention removed the job's files."""
+def test_a_finished_job_whose_files_were_removed_reads_expired_and_its_image_is_a_410(tmp_path: Path) -> None:
+    """An idempotent replay with ``Accept: image/png`` after retention removed the job's files (it was a 500)."""
     from redis.asyncio import Redis
 
-    from api.errors import FileNotFound
+    from api.errors import ResultsExpired
     from api.service.files import ResultFiles
     from api.service.job_service import JobService
     from contract.broker import api_celery
@@ -102,7 +104,35 @@ def test_a_finished_job_whose_files_were_removed_is_a_404_saying_so(tmp_path: Pa
     store.put(JOB, "grid.png", b"\x89PNG")
     found = asyncio.run(jobs.response(record, state, representation="png"))
     assert found.status_code == 200 and found.headers["content-location"].startswith("https://genserve.example/jobs/")
-    store.delete_job(JOB)
-    with pytest.raises(FileNotFound, match="removed"):
+    streamed = asyncio.run(jobs.response(record, state, representation="png"))
+    store.delete_job(JOB)  # removed once the answer has started: it is sent whole from the open file
+    assert asyncio.run(_body(streamed)) == b"\x89PNG"
+    with pytest.raises(ResultsExpired, match="removed from the results store") as refused:
         asyncio.run(jobs.response(record, state, representation="png"))
-    assert asyncio.run(jobs.response(record, state)).status_code == 200  # the JSON still answers
+    assert refused.value.status_code == 410
+    answer = asyncio.run(jobs.response(record, state))  # the JSON answers, saying so, with no dead URLs
+    body = json.loads(answer.body)
+    assert answer.status_code == 200 and body["status"] == "expired" and body["result"] is None
+    assert "send the request again" in body["error"]
+
+
+async def _body(response: Any) -> bytes:
+    return b"".join([chunk async for chunk in response.body_iterator])
+
+
+def test_a_redis_error_after_the_job_was_created_answers_it_as_queued(tmp_path: Path) -> None:
+    """Past creation a 503 would tell the client its job was not made (a retry made a duplicate): a 202 instead."""
+    from redis.asyncio import Redis
+
+    from api.service.files import ResultFiles
+    from api.service.job_service import JobService
+    from contract.broker import api_celery
+    from contract.store import LocalStore
+
+    down = "redis://127.0.0.1:1/0"
+    jobs = JobService(api_celery(down, 60), Redis.from_url(down), 60, files=ResultFiles(LocalStore(tmp_path)))
+    record = JobRecord(JOB, JobKind.faces, "task", {"n": 1}, datetime.now(UTC))
+    state = asyncio.run(asyncio.wait_for(jobs.wait_after_submit(JOB, 5), 30))
+    assert state.status is JobStatus.queued
+    answer = asyncio.run(jobs.response(record, state))
+    assert answer.status_code == 202 and answer.headers["location"] == f"/jobs/{JOB}"
