@@ -30,6 +30,7 @@ SECTIONS: dict[str, str] = {
     "service": "bench.service",
     "memory": "bench.memory",
     "load": "bench.load",
+    "quota": "bench.quota",
 }
 
 

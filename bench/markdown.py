@@ -156,7 +156,18 @@ def runtime(section: dict[str, Any]) -> list[str]:
     return lines
 
 
-RENDERERS = {"samplers": samplers, "runtime": runtime, "service": service, "memory": memory, "load": load}
+def quota(section: dict[str, Any]) -> list[str]:
+    config = section.get("config", {})
+    return ["## Results quota (`--sections quota`)", "", _machine(section), "",
+            f"{config.get('jobs')} face jobs of n = {config.get('faces_n')} from {config.get('clients')} clients, "
+            f"`RESULTS_MAX_BYTES` = {config.get('quota_bytes')} bytes; the results folder sampled every "
+            f"{config.get('sample_s')} s: at most {section.get('peak_bytes')} bytes "
+            f"({section.get('peak_over_quota')}x the quota), {section.get('final_bytes')} at the end. "
+            f"How the jobs ended: {section.get('job_ends')}."]  # fmt: skip
+
+
+RENDERERS = {"samplers": samplers, "runtime": runtime, "service": service, "memory": memory, "load": load,
+             "quota": quota}  # fmt: skip
 
 
 def render(results: dict[str, Any]) -> str:
