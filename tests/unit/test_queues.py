@@ -69,7 +69,9 @@ def test_make_run_starts_a_worker_per_queue() -> None:
     assert all(spec.torch_threads == 1 for spec in worker_specs(cpus=16, torch_threads=1))
     command = small.command(name="x@%h")
     assert command[command.index("-Q") + 1] == "small" and "--pool=threads" in command and "x@%h" in command
-    assert WorkerSpec("small", "threads", 8, 2).env() == {"WORKER_QUEUES": "small", "TORCH_THREADS": "2"}
+    assert WorkerSpec("small", "threads", 8, 2).env() == {
+        "WORKER_QUEUES": "small", "TORCH_THREADS": "2", "EXIT_WITH_PARENT": "true"  # gone with the launcher
+    }  # fmt: skip
 
 
 def _worker(queues: list[str], roles: list[str]) -> WorkerRegistration:
