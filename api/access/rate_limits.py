@@ -43,6 +43,7 @@ import hashlib
 import logging
 import math
 import time
+from contextvars import ContextVar
 
 from fastapi import Request
 from limits import RateLimitItem, parse_many
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 # each wait for a connect timeout, and the log gets one line per outage, not per request.
 OUTAGE_RETRY_S = 5.0
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Set, in the request's own context, for a write the limiter could not count (see ``refuse_if_uncounted``).
+_uncounted: ContextVar[bool] = ContextVar("rate_limit_uncounted", default=False)
 WRONG_KEY = "wrong-key"  # the budget's name beside "write" and "read": an address's wrong API keys
 
 
@@ -115,8 +118,9 @@ class RateLimiter:
         items = self.budgets[writes]
         if not items:
             return
-        if time.monotonic() < self._skip_until:
-            self._uncounted(writes)
+        # Reads skip an outage (each would wait for Redis, then go through anyway); writes try every time, since
+        # one that cannot be counted is refused: Redis back a second later must count it again.
+        if not writes and time.monotonic() < self._skip_until:
             return
         who = client_id(request)
         kind = "write" if writes else "read"
@@ -126,20 +130,11 @@ class RateLimiter:
                     stats = await self.strategy.get_window_stats(item, kind, who)
                     self._refuse(items, writes, max(1, math.ceil(stats.reset_time - time.time())))
         except StorageError as err:
-            self._skip_until = time.monotonic() + OUTAGE_RETRY_S
-            log.warning("rate limits not counted for %.0f s: Redis unreachable or busy (%s)", OUTAGE_RETRY_S, err)
-            self._uncounted(writes)
-
-    def _uncounted(self, writes: bool) -> None:
-        """Writes fail closed when they cannot be counted (a crowd that filled the Redis pool once got 143 jobs
-        past a budget of 60); reads go on to their route, which answers from Redis or says it is down."""
-        if writes:
-            raise BackendUnavailable(
-                "Redis is unreachable or busy, so this request could not be counted against its rate limit "
-                f"(RATE_LIMIT): nothing was created; retry in {OUTAGE_RETRY_S:.0f} s (if it lasts, check that Redis "
-                "is up and REDIS_URL is right)",
-                headers={"Retry-After": str(int(OUTAGE_RETRY_S))},
-            )
+            if time.monotonic() >= self._skip_until:  # one log line per outage window, not one per request
+                log.warning("rate limits not counted for %.0f s: Redis unreachable or busy (%s)", OUTAGE_RETRY_S, err)
+                self._skip_until = time.monotonic() + OUTAGE_RETRY_S
+            if writes:
+                _uncounted.set(True)
 
     async def refuse_key_guesser(self, request: Request) -> None:
         """429, before its key is compared, for a request from an address whose wrong-key budget is spent."""
@@ -178,6 +173,19 @@ class RateLimiter:
             f"rate limit reached: this client may send {_describe(items)} {what} "
             f"({self.settings_names[writes]}); retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
+        )
+
+
+def refuse_if_uncounted() -> None:
+    """Called where a job is about to be created: writes fail closed when the limiter could not count them (a
+    crowd that filled the Redis pool once got 143 jobs past a budget of 60). Only there, so a request with bad
+    parameters still gets its 422 when Redis is down, and one that creates nothing (a replay) is answered."""
+    if _uncounted.get():
+        raise BackendUnavailable(
+            "Redis is unreachable or busy, so this request could not be counted against its rate limit "
+            f"(RATE_LIMIT): nothing was created; retry in {OUTAGE_RETRY_S:.0f} s (if it lasts, check that Redis "
+            "is up and REDIS_URL is right)",
+            headers={"Retry-After": str(int(OUTAGE_RETRY_S))},
         )
 
 

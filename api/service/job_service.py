@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from api.access.rate_limits import refuse_if_uncounted
 from api.errors import (
     BackendUnavailable,
     IdempotencyKeyReused,
@@ -154,6 +155,7 @@ class JobService:
             idempotency = replace(idempotency, owner=owner)
             if (earlier := await self._replay(idempotency)) is not None:
                 return earlier
+        refuse_if_uncounted()
         await self._check_room(task)
         record = JobRecord(job_id or new_job_id(), kind, task, params, datetime.now(UTC), webhook, owner)
         # The record goes first: a worker may finish before send_task returns, and a

@@ -19,12 +19,7 @@ DOWN = "redis://127.0.0.1:1/0"
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    # Rate limits off: with Redis down they refuse every POST before its parameters are read (they fail closed,
-    # tests/unit/test_api_access.py); here the routes' own checks and answers are under test.
-    settings = Settings(
-        _env_file=None, redis_url=DOWN, max_body_bytes=10_000, max_file_bytes=5_000, rate_limit="off",
-        rate_limit_reads="off",
-    )  # fmt: skip
+    settings = Settings(_env_file=None, redis_url=DOWN, max_body_bytes=10_000, max_file_bytes=5_000)
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
