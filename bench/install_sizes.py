@@ -51,7 +51,9 @@ ROLES: dict[str, Role] = {
     "api": Role(("api",), "import sys, api.main; print('torch' in sys.modules)", "False", torch=False),
     "worker": Role(
         ("worker",),
-        "import sys, workers.tasks; print('torch' in sys.modules)",
+        # What a pool child loads (the task module alone imports no torch: a Celery parent process needs none),
+        # and the CPU runtime the workers choose engines from.
+        "import sys, workers.tasks, workers.registry, workers.runners, openvino; print('torch' in sys.modules)",
         "True",
         torch=True,
     ),
