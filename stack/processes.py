@@ -8,26 +8,20 @@ if the parent dies without cleaning up.
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
+from contract.lifetime import die_with_parent
 
 
 def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
+    die_with_parent(signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

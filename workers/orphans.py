@@ -21,34 +21,23 @@ worker whose parent is pid 1 from the start has nothing to watch.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
 
 from celery.signals import worker_init, worker_process_init
 
+from contract.lifetime import die_with_parent
+
 from .config import get_settings
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 POLL_S = 0.5
 EXIT_MARGIN_S = 5.0
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> bool:
-    """Ask Linux to send ``sig`` to this process when its parent exits; False where that is not available."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def watch_parent(grace_s: float, *, poll_s: float = POLL_S, exit: Any = os._exit) -> threading.Thread | None:
