@@ -8,9 +8,11 @@ NUM_TRAIN_TIMESTEPS = 400
 FRAME_TIMESTEPS = (400, 320, 240, 160, 80, 0)
 # The few-step student distilled from the guided sampler (training.distill): its own network, no guidance.
 DISTILLED = "distilled"
-# Its DDIM steps, which are its network evaluations per image; what it is trained for, so fixed.
+# Its solver and steps (one network evaluation each): the student is trained at exactly these timesteps, so fixed.
+DISTILLED_SOLVER = "unipc"
 DISTILLED_STEPS = 4
-# Digit samplers a request may name; models.scheduler builds each of them (``distilled`` runs DDIM on the student).
+# Digit samplers a request may name; models.scheduler builds each of them (``distilled``: DISTILLED_SOLVER on the
+# student).
 SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde", "unipc", DISTILLED)
 # Side of a generated and of a classified digit (MNIST-M, and DANN's input).
 DIGIT_SIZE = 28

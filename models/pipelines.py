@@ -106,7 +106,7 @@ class DigitPipeline:
         self.unet = unet.eval()
         self.schedule = schedule
         self.memory_format = torch.contiguous_format
-        # What _predict_noise calls: the module itself, or an inference engine of it (``use_engine``).
+        # What predict_noise calls: the module itself, or an inference engine of it (``use_engine``).
         self.noise_model: NoiseFn = self.unet
         # The few-step student of the guided sampler (``sampler="distilled"``), when one is attached.
         self.student: ConditionalUNet | None = None
@@ -144,9 +144,18 @@ class DigitPipeline:
         self.memory_format = torch.channels_last
         return self
 
-    def _predict_noise(
-        self, net: NoiseFn, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, guidance_scale: float | None
+    def predict_noise(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        guidance_scale: float | None,
+        *,
+        net: NoiseFn | None = None,
     ) -> torch.Tensor:
+        """The noise ``net`` (default: the model's ``noise_model``) predicts at timestep ``t``, guided at
+        ``guidance_scale`` (None: one conditional pass). The distilled student learns this with guidance on."""
+        net = net if net is not None else self.noise_model
         param = next(self.unet.parameters())
         tt = t.expand(x.shape[0]).to(x.device)
         if guidance_scale is None:
@@ -203,13 +212,13 @@ class DigitPipeline:
         # Only the stochastic schedulers' step() takes a generator (UniPC's has no such argument).
         step_kwargs = {"generator": generator} if sampler in STOCHASTIC_SAMPLERS else {}
         total = len(timesteps)
-        # The student's few DDIM steps pass most wanted frames by: those are drawn where its path crosses them.
+        # The student's few steps pass most wanted frames by: those are drawn where its DDIM path crosses them.
         path = self.schedule.alphas_cumprod if sampler == DISTILLED else None
         recorder = _FrameRecorder(timesteps, self.schedule.num_train_timesteps, frame_timesteps, trajectory, on_frame,
                                   path_abar=path)
         recorder.keep(0, x)
         for i, t in enumerate(sched.timesteps):
-            eps = self._predict_noise(net, x, t, labels, guidance_scale if guided[i] else None)
+            eps = self.predict_noise(x, t, labels, guidance_scale if guided[i] else None, net=net)
             recorder.keep_between(i, x, eps, int(t))
             x = sched.step(eps, t, x, **step_kwargs).prev_sample
             recorder.keep(i + 1, x)
@@ -228,7 +237,7 @@ class _FrameRecorder:
     """The first image of a sampling run at the positions ``frame_plan`` picks for the wanted frames (each
     handed to ``on_frame`` at once) and, with ``trajectory``, at every position.
 
-    With ``path_abar`` (a DDIM run: the distilled student's), a wanted frame that no position sits on is drawn
+    With ``path_abar`` (a few-step run: the distilled student's), a wanted frame that no position sits on is drawn
     where the run's DDIM path crosses it instead of at the nearest position (``keep_between``)."""
 
     def __init__(

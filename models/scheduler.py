@@ -17,7 +17,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import nn
 
-from contract.digits import DISTILLED, DISTILLED_STEPS, NUM_TRAIN_TIMESTEPS, SAMPLERS
+from contract.digits import DISTILLED, DISTILLED_SOLVER, DISTILLED_STEPS, NUM_TRAIN_TIMESTEPS, SAMPLERS
 
 from .unet import NULL_LABEL
 
@@ -83,8 +83,8 @@ class NoiseSchedule:
     def make_sampler(self, name: SamplerName = "ddpm", steps: int | None = None) -> SchedulerMixin:
         """A fresh diffusers scheduler with its timesteps set; one per sampling call.
 
-        ``ddpm`` is ancestral sampling over all T steps (``steps`` ignored). ``distilled`` is DDIM's
-        update, the one its student network was trained to take (``training.distill``). The others
+        ``ddpm`` is ancestral sampling over all T steps (``steps`` ignored). ``distilled`` is
+        DISTILLED_SOLVER, at whose timesteps its student network was trained (``training.distill``). The others
         run ``steps`` steps spaced so that the first starts from pure noise at t=T
         ("trailing" spacing): ``ddim`` is the deterministic (eta=0) sampler of Song et
         al.; ``dpmpp-2m`` is DPM-Solver++(2M) and ``dpmpp-2m-sde`` its stochastic
@@ -107,9 +107,11 @@ class NoiseSchedule:
             return sched
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}: use one of {', '.join(SAMPLERS)}")
+        if name == DISTILLED:  # the student's trained steps unless a caller names them
+            name, steps = DISTILLED_SOLVER, steps or DISTILLED_STEPS
         if steps is None or not 1 <= steps <= c.num_train_timesteps:
             raise ValueError(f"{name} needs 1 <= steps <= {c.num_train_timesteps}, got {steps}")
-        if name in ("ddim", DISTILLED):  # the student is trained for DDIM's updates
+        if name == "ddim":
             sched = DDIMScheduler(
                 timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=c.clip_sample, **common
             )

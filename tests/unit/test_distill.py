@@ -33,27 +33,35 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _distill(teacher: Path, run: Path, ckpt: Path, *flags: str) -> dict:
     train_main(["distill", "--teacher", str(teacher / DIGIT_CHECKPOINT), "--pairs", "12", "--batch-size", "4",
                 "--epochs", "2", "--sample-every", "0", "--out", str(run), "--checkpoint-dir", str(ckpt), "--cpu",
-                *flags])
+                "--teacher-engine", "torch", *flags])
     return read_card(ckpt, DIGIT_STUDENT_CHECKPOINT)
 
 
-def test_a_perfect_student_walks_the_ddim_path_to_the_teachers_digit() -> None:
-    """The inputs the student learns on: from each, one DDIM step with the exact x0 lands on the next one,
-    and the last lands on the teacher's digit."""
-    schedule = NoiseSchedule()
-    sampler = schedule.make_sampler(DISTILLED, DISTILLED_STEPS)
-    abar = schedule.alphas_cumprod.float()
-    gen = torch.Generator().manual_seed(0)
-    noise, x0 = torch.randn(3, 3, 28, 28, generator=gen), torch.rand(3, 3, 28, 28, generator=gen) * 2 - 1
-    steps = sampler.timesteps
-    a_T = abar[steps[0]]
-    direction = (noise - a_T.sqrt() * x0) / (1 - a_T).sqrt()
-    path = [abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * direction for t in steps]
-    assert torch.allclose(path[0], noise, atol=1e-5)
-    for i, t in enumerate(steps):
-        eps = (path[i] - abar[t].sqrt() * x0) / (1 - abar[t]).sqrt()
-        after = sampler.step(eps, t, path[i]).prev_sample
-        assert torch.allclose(after, path[i + 1] if i + 1 < len(steps) else x0, atol=1e-4)
+def test_the_student_learns_the_guided_noise_where_the_served_solver_asks_for_it(teacher: Path, tmp_path: Path) -> None:
+    """Its training states sit at exactly the timesteps at which ``sampler=distilled`` evaluates the student, and
+    its targets are the teacher's guided noise there: a student that returned them would have no loss."""
+    card = _distill(teacher, tmp_path / "run", tmp_path / "ckpt", "--max-steps", "1")
+    trained = card["training"]["timesteps"]
+    pipe, _ = load_pipeline(teacher, DIGIT_CHECKPOINT)
+    pipe.attach_student(ConditionalUNet(UNetConfig(base_channels=8)))
+    seen: list[int] = []
+    assert pipe.student is not None
+    pipe.student.register_forward_hook(lambda _m, inputs, _out: seen.append(int(inputs[1][0])))
+    pipe([1], sampler=DISTILLED, generator=torch.Generator().manual_seed(0))
+    assert seen == trained and len(trained) == DISTILLED_STEPS
+
+    from training.distill import DistillTask
+
+    task = DistillTask.__new__(DistillTask)
+    task.teacher, task.timesteps, task.sampling = pipe, torch.tensor(trained), SamplingConfig.from_dict(GUIDED)
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    labels, t = torch.tensor([3, 7]), torch.tensor(trained[:2])
+    target = task.targets(x, t, labels)
+    for row in range(2):
+        guided = pipe.predict_noise(x[row : row + 1], t[row], labels[row : row + 1], GUIDED["guidance_scale"])
+        assert torch.allclose(target[row : row + 1], guided, atol=1e-6)
+    plain = pipe.predict_noise(x[:1], t[0], labels[:1], None)
+    assert not torch.allclose(target[:1], plain, atol=1e-3), "the target is the guided noise, not one plain pass"
 
 
 @pytest.mark.slow
@@ -67,7 +75,7 @@ def test_distillation_resumes_exactly_and_cards_its_teacher(teacher: Path, tmp_p
     training = resumed["training"]
     assert training["steps"] == straight["training"]["steps"] == 4
     assert training["teacher"] == DIGIT_CHECKPOINT and training["teacher_sampling"]["guidance_scale"] == 3.0
-    assert training["teacher_pairs"] == 12 and training["code_revision"]
+    assert training["teacher_samples"] == 12 and training["code_revision"]
     assert resumed["sampling"]["default"]["nfe"] == DISTILLED_STEPS
     # The cut run's pairs were made once and reused: another teacher's run into that folder is refused.
     assert len(list((tmp_path / "cut" / "pairs").glob("chunk_*.pt"))) == 1
