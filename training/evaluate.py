@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=None, help="faces-snapshots: the DCGAN run folder (holds snapshots/)")
     parser.add_argument("--variant", choices=sorted(FACE_CHECKPOINTS), default=None, help="faces-snapshots: which DCGAN")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--remeasure", action="store_true", help="digits-engines: measure again a network whose card already records every engine for its weights, seed and count")
     parser.add_argument("--engine-cache-dir", type=Path, default=REPO / "var" / "cache" / "onnx", help="digits-engines: where the UNet's ONNX export is kept")
     args = parser.parse_args(argv)
     args.command = command_line(None if argv is None else ["evaluate", *argv], module="training.evaluate")

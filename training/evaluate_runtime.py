@@ -119,7 +119,25 @@ def measure_engines(args: argparse.Namespace) -> dict[str, dict]:
     student = evaluate_digits.attach_student(pipe, args)
     if student is not None:
         networks.append((student, pipe.student, SamplingConfig(DISTILLED)))
-    return {name: _measure_network(args, pipe, clf, name, net, config, pairs) for name, net, config in networks}
+    records = {}
+    for name, net, config in networks:
+        if not getattr(args, "remeasure", False) and _recorded(read_card(args.checkpoint_dir, name), net, config,
+                                                               pairs, args.per_digit):
+            print(f"{name}: its card records every engine for these weights at this seed and count (--remeasure)")
+            continue
+        records[name] = _measure_network(args, pipe, clf, name, net, config, pairs)
+    return records
+
+
+def _recorded(card: dict, net: torch.nn.Module, config: SamplingConfig, pairs: list[tuple[str, str]],
+              per_digit: int) -> bool:
+    """Whether ``card`` already holds a measurement of each pair for these weights, sampling, seed and count."""
+    wanted = {"weights_sha256": weights_digest(net), "sampling": evaluate_digits.config_label(config),
+              "seed": REPORT_SEED, "images_per_digit": per_digit}
+    measured = card.get("runtime", {}).get("measured", {})
+    return all(
+        all(measured.get(record_key(*pair), {}).get(k) == v for k, v in wanted.items()) for pair in pairs
+    )
 
 
 def _measure_network(

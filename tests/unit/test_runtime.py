@@ -263,6 +263,13 @@ def test_digits_engines_writes_the_records_that_let_a_worker_run_bf16(
     json.dumps(written)  # the card stays plain JSON
     engine = _choose(loaded.unet, "openvino", "auto", written, cache_dir=tmp_path / "onnx")  # type: ignore[union-attr]
     assert engine.name == "openvino"  # bf16 now allowed: the faster of fp32 and bf16 is chosen
+    # Run again, the card already holds these weights' records: nothing is measured, unless asked.
+    again = ["digits-engines", "--checkpoint-dir", str(tmp_path), "--per-digit", "2", "--engine-cache-dir",
+             str(tmp_path / "onnx")]  # fmt: skip
+    main(again)
+    assert len(measured) == 2
+    main([*again, "--remeasure"])
+    assert len(measured) == 4
 
 
 @pytest.mark.parametrize("setting", ["torch", "openvino"])
