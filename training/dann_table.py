@@ -2,6 +2,7 @@
 
     python -m training.dann_table --seeds 0,1,2 --steps 2000 --jobs 2   # trains the runs not yet done, then measures
     python -m training.dann_table --ship                                  # seed 0 of each row -> checkpoints/
+    python -m training.dann_table --summarize                             # statistics again from the stored runs
 
 Runs go to ``runs/dann-table/<target>-<method>-s<seed>/`` and their checkpoints to
 ``runs/dann-table/checkpoints/``; a run whose card says it completed the plan is
@@ -11,9 +12,14 @@ reruns it.
 
 The table (``docs/report/dann_table.json``) has every run's accuracy on the
 target's val split (the only labels a choice may read) and its test split (read
-only here, to report), with mean and sample standard deviation over seeds. The
+only here, to report), with mean, sample standard deviation and a 95% Student t
+interval over seeds, and each run's 95% Wilson (binomial) interval on its split's
+images: all computed from the stored per-run figures (``training.dann_intervals``),
+so ``--summarize`` recomputes them from the JSON alone, without the runs. The
 shipped checkpoint of each row is seed 0, fixed before any run was measured, so
-no test or val score picks the weights that are served.
+no test or val score picks the weights that are served; ``--ship`` and
+``--summarize`` write its test interval and the served method's mean over seeds
+with their intervals to ``checkpoints/metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,15 +33,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 from models.checkpoints import list_cards, load_model, save_model
 from models.loading import load_pipeline
 from models.pipelines import DannClassifier
 
 from .common import REPO, command_line
 from .dann import METHODS, SERVED_METHOD, run_name
+from .dann_intervals import interval_metrics, summarize_table
 from .data.splits import TARGETS, load_target
+from .eval_common import write_metrics
 
 TABLE_METHODS = ("source_only", "dann_plain", "dann", SERVED_METHOD, "target_only")
 SHIPPED_SEED = 0
@@ -76,9 +82,27 @@ def train_missing(args: argparse.Namespace, runs: list[tuple[str, str, int]]) ->
         list(pool.map(one, todo))
 
 
-def _summary(values: list[float]) -> dict:
-    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values, ddof=1)), 4) if len(values) > 1 else 0.0,
-            "runs": [round(v, 4) for v in values]}
+def summarized(table: dict) -> dict:
+    """The table with its served row named and every statistic recomputed from its runs."""
+    table["served_method"] = SERVED_METHOD
+    return summarize_table(table)
+
+
+def write_table(args: argparse.Namespace, table: dict) -> dict:
+    table = summarized(table)
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    args.table.write_text(json.dumps(table, indent=2) + "\n")
+    print(f"table -> {args.table}")
+    return table
+
+
+def summarize(args: argparse.Namespace) -> dict:
+    """``--summarize``: the stored table's statistics again from its own runs, and its intervals in metrics.json."""
+    table = write_table(args, json.loads(args.table.read_text()))
+    metrics = interval_metrics(table, args.methods)
+    write_metrics(args.checkpoint_dir, metrics)
+    print(f"{len(metrics)} interval figures -> {args.checkpoint_dir / 'metrics.json'}")
+    return table
 
 
 def measure(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> dict:
@@ -105,13 +129,12 @@ def measure(args: argparse.Namespace, runs: list[tuple[str, str, int]]) -> dict:
         "steps": args.steps, "batch_size": 64, "hardware": hardware, "shipped_seed": SHIPPED_SEED,
         "runs_at_a_time": args.jobs, "threads_per_run": args.threads,
         "splits": {t: {p: len(splits[t][p][1]) for p in ("val", "test")} for t in args.targets},
-        "rows": {t: {m: {"summary": r["summary"], "seeds": r["seeds"], "val": _summary(r["val"]), "test": _summary(r["test"]),
-                         "wall_time_s": _summary(r["wall_time_s"])} for m, r in rows[t].items()} for t in args.targets},
+        # Only the runs: write_table computes every statistic from them, as --summarize does.
+        "rows": {t: {m: {"summary": r["summary"], "seeds": r["seeds"],
+                         **{k: {"runs": r[k]} for k in ("val", "test", "wall_time_s")}}
+                     for m, r in rows[t].items()} for t in args.targets},
     }
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"table -> {args.table}")
-    return table
+    return write_table(args, table)
 
 
 def ship(args: argparse.Namespace) -> None:
@@ -126,6 +149,8 @@ def ship(args: argparse.Namespace) -> None:
             card.pop("metrics", None)  # `python -m training.evaluate dann` measures the shipped weights
             save_model(model, args.checkpoint_dir, served, card)
             print(f"{name} -> {args.checkpoint_dir / served}")
+    # What ships is the table's seed-0 run: its test interval and the served method's seed mean go with it.
+    write_metrics(args.checkpoint_dir, interval_metrics(summarized(json.loads(args.table.read_text())), args.methods))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("data/hw2_data"), help="root of the course layout")
     parser.add_argument("--root", type=Path, default=Path("runs/dann-table"), help="run folders and their checkpoints")
     parser.add_argument("--table", type=Path, default=TABLE_FILE, help="where the table's JSON is written")
-    parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"), help="--ship: where the served checkpoints go")
+    parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"),
+                        help="--ship: where the served checkpoints go; --ship and --summarize: whose metrics.json")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated target domains")
     parser.add_argument("--methods", default=",".join(TABLE_METHODS), help=f"comma-separated rows, from {','.join(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -141,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--ship", action="store_true", help="copy seed 0 of each row to --checkpoint-dir instead of training")
+    parser.add_argument("--summarize", action="store_true",
+                        help="recompute --table's statistics and intervals from its stored runs (nothing trained "
+                             "or measured) and write the served models' intervals to --checkpoint-dir/metrics.json")
     args = parser.parse_args(argv)
     args.command = command_line(None if argv is None else ["dann_table", *argv], module="training.dann_table")
     args.targets, args.methods = args.targets.split(","), args.methods.split(",")
@@ -148,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
     if args.ship:
         ship(args)
+        return
+    if args.summarize:
+        summarize(args)
         return
     # Seed by seed, so a sweep cut short still holds whole seeds of every row.
     runs = [(t, m, int(s)) for s in args.seeds.split(",") for t in args.targets for m in args.methods]

@@ -35,6 +35,7 @@ from models.pipelines import DannClassifier, FacePipeline
 
 from .common import command_line
 from .dann import run_name
+from .dann_intervals import ci95_metrics
 from .dann_table import TABLE_METHODS
 from .data.datasets import load_faces
 from .data.splits import VAL_SIZE, load_target
@@ -42,6 +43,7 @@ from .diversity import mean_pairwise_msssim
 from .eval_common import device_of, record_evaluation, to_uint8_hwc, write_metrics
 from .evaluate_digits import evaluate_digits, sweep
 from .evaluate_runtime import measure_engines
+from .intervals import wilson_interval
 
 # Inception FID is not measured: it needs Inception weights (pytorch-fid downloads them), and
 # the project's machines cannot fetch them. Faces: MS-SSIM; digits: MS-SSIM and FD on the project classifier.
@@ -168,7 +170,8 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
     """The shipped DANN checkpoints on their target's test split (the reported number) and val split.
 
     ``dann_<target>_test`` / ``_val`` are the served model's; ``dann_<target>_<method>``
-    the other rows' test accuracies. The 3-seed table is ``python -m training.dann_table``'s.
+    the other rows' test accuracies, each test accuracy with its 95% Wilson interval (``_ci95_lo`` / ``_hi``).
+    The 3-seed table, and the served method's mean over seeds, are ``python -m training.dann_table``'s.
     """
     device = device_of(args.device)
     available = list_cards(args.checkpoint_dir)
@@ -190,9 +193,12 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
             })
             record_evaluation(args.checkpoint_dir, name, "dann", args.command)
             if name == DANN_CHECKPOINTS[target]:  # the served model
-                results.update({f"dann_{target}_test": round(acc["test"], 4), f"dann_{target}_val": round(acc["val"], 4)})
+                key = f"dann_{target}_test"
+                results[f"dann_{target}_val"] = round(acc["val"], 4)
             else:
-                results[f"dann_{target}_{row}"] = round(acc["test"], 4)
+                key = f"dann_{target}_{row}"
+            results[key] = round(acc["test"], 4)
+            results.update(ci95_metrics(key, wilson_interval(acc["test"], len(splits["test"][1]))))
     return write_metrics(args.checkpoint_dir, results)
 
 

@@ -30,11 +30,13 @@ from models.scheduler import SAMPLERS, SamplingConfig
 
 from .common import save_grid
 from .dann import METHODS, SERVED_METHOD
+from .dann_intervals import metric_key
 from .dann_table import TABLE_METHODS
 from .data.datasets import load_digits
 from .data.splits import VAL_SIZE, load_target
 from .eval_common import device_of
 from .evaluate_digits import config_label
+from .intervals import t_quantile
 
 PARTS = ("faces", "digits", "tsne", "tables")
 DIGITS_CAPTION = "digits_grid.txt"
@@ -188,8 +190,68 @@ SEED_REPORT = {"svhn": {"source_only": 0.3729, "dann_plain": 0.4460, "target_onl
                "usps": {"source_only": 0.6982, "dann_plain": 0.8017, "target_only": 0.9838}}
 
 
-def _spread(cell: dict | None) -> str:
-    return "-" if not cell else f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+def _interval(cell: dict | None, digits: int = 4) -> str:
+    """A mean over seeds with its 95% t interval."""
+    if not cell:
+        return "-"
+    if not cell.get("ci95"):  # a lone run, or a table written before the intervals
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f} [{cell['ci95'][0]:.{digits}f}, {cell['ci95'][1]:.{digits}f}]"
+
+
+def _interval_note(table: dict, seeds: list[int]) -> str:
+    """What the table's intervals are, and the one run's sampling error they leave out."""
+    widths = []
+    for target, rows in table["rows"].items():
+        row = rows.get(table.get("served_method", SERVED_METHOD), {})
+        if "runs_ci95" in row.get("test", {}):
+            lo, hi = row["test"]["runs_ci95"][row["seeds"].index(table["shipped_seed"])]
+            widths.append(f"±{(hi - lo) / 2:.3f} on {target.upper()}'s {table['splits'][target]['test']:,}")
+    single = (f" One run's own sampling error on the test images, its 95% Wilson (binomial) interval, is about "
+              f"{' and '.join(widths)} for the served method." if widths else "")
+    return (f"Each cell: the mean over the {len(seeds)} seeds and its two-sided 95% Student t interval, "
+            f"mean ± t(0.975, {len(seeds) - 1}) · s/√{len(seeds)} with t = {t_quantile(max(len(seeds) - 1, 1)):.3f} "
+            "and s the sample standard deviation of the runs (the JSON holds s, every run and each run's Wilson "
+            "interval). It measures how much the training seed moves the score on these fixed images; the test "
+            f"set's own sampling error, shared by every seed, is not in it.{single}")
+
+
+def _seed_table_lines(table: dict) -> list[str]:
+    """The 3-seed table of ``python -m training.dann_table``'s JSON, a row per method, a mean and interval per cell."""
+    targets = list(table["rows"])
+    methods = list(dict.fromkeys(m for t in targets for m in table["rows"][t]))
+    seeds = sorted({s for t in targets for r in table["rows"][t].values() for s in r["seeds"]})
+    test_images = ", ".join(f"{t.upper()} {table['splits'][t]['test']:,}" for t in targets)
+    lines = ["", (f"Every row trained to the end of the same plan: {table['steps']:,} steps of batch "
+                  f"{table['batch_size']} (source and target), seeds {', '.join(map(str, seeds))}, "
+                  f"on {'; '.join(table['hardware'])}"
+                  f"{f', {n} runs at a time' if (n := table.get('runs_at_a_time', 1)) > 1 else ''} "
+                  f"(`{table['command']}`); test images: {test_images}."), "",
+             "| method | " + " | ".join(f"MNIST-M -> {t.upper()} test | val" for t in targets)
+             + " | seconds per run (" + " / ".join(t.upper() for t in targets) + ") | seed report (course data) |",
+             "|---|" + "---|---|" * len(targets) + "---|---|"]
+    for method in methods:
+        first = next(table["rows"][t][method] for t in targets if method in table["rows"][t])
+        cells = [f"{_interval(table['rows'][t].get(method, {}).get('test'))} | "
+                 f"{_interval(table['rows'][t].get(method, {}).get('val'))}"
+                 for t in targets]
+        ref = " / ".join(f"{SEED_REPORT[t][method]:.4f}" for t in targets if method in SEED_REPORT.get(t, {})) or "-"
+        served = " **(served)**" if method == SERVED_METHOD else ""
+        seconds = " / ".join(_interval(table["rows"][t][method]["wall_time_s"], digits=0) if method in table["rows"][t]
+                             else "-" for t in targets)
+        lines.append(f"| {first['summary']}{served} | " + " | ".join(cells) + f" | {seconds} | {ref} |")
+    return lines + ["", _interval_note(table, seeds), "",
+                    (f"The served method was chosen on the target val accuracy of a tuning seed outside the table; "
+                     f"the served checkpoint of each row is seed {table['shipped_seed']}, "
+                     "fixed before any run was measured. "
+                     "The seed report's figures were measured on the course's own hw2_data val folders, other images "
+                     "than these splits: a reference, not a like-for-like comparison.")]
+
+
+def _with_ci95(metrics: dict, key: str) -> str:
+    """A shipped model's test accuracy with its 95% Wilson interval, when metrics.json holds one."""
+    lo, hi = metrics.get(f"{key}_ci95_lo"), metrics.get(f"{key}_ci95_hi")
+    return _pct(metrics.get(key)) + ("" if lo is None or hi is None else f" [{lo:.4f}, {hi:.4f}]")
 
 
 def dann_lines(metrics: dict, cards: dict, out: Path) -> list[str]:
@@ -200,43 +262,15 @@ def dann_lines(metrics: dict, cards: dict, out: Path) -> list[str]:
               "the only target labels any choice read) and a *test* split "
               "(the layout's `val.csv`, read only to report).")]
     if table_path.is_file():
-        table = json.loads(table_path.read_text())
-        targets = list(table["rows"])
-        methods = list(dict.fromkeys(m for t in targets for m in table["rows"][t]))
-        seeds = sorted({s for t in targets for r in table["rows"][t].values() for s in r["seeds"]})
-        test_images = ", ".join(f"{t.upper()} {table['splits'][t]['test']:,}" for t in targets)
-        lines += ["", (f"Every row trained to the end of the same plan: {table['steps']:,} steps of batch "
-                       f"{table['batch_size']} (source and target), seeds {', '.join(map(str, seeds))}, "
-                       f"on {'; '.join(table['hardware'])}"
-                       f"{f', {n} runs at a time' if (n := table.get('runs_at_a_time', 1)) > 1 else ''}. "
-                       f"Mean ± sample standard deviation over seeds (`{table['command']}`); "
-                       f"test images: {test_images}."), "",
-                  "| method | " + " | ".join(f"MNIST-M -> {t.upper()} test | val" for t in targets)
-                  + " | seconds per run (" + " / ".join(t.upper() for t in targets) + ") | seed report (course data) |",
-                  "|---|" + "---|---|" * len(targets) + "---|---|"]
-        for method in methods:
-            first = next(table["rows"][t][method] for t in targets if method in table["rows"][t])
-            cells = [f"{_spread(table['rows'][t].get(method, {}).get('test'))} | "
-                     f"{_spread(table['rows'][t].get(method, {}).get('val'))}"
-                     for t in targets]
-            ref = " / ".join(
-                f"{SEED_REPORT[t][method]:.4f}" for t in targets if method in SEED_REPORT.get(t, {})
-            ) or "-"
-            served = " **(served)**" if method == SERVED_METHOD else ""
-            seconds = " / ".join(f"{table['rows'][t][method]['wall_time_s']['mean']:.0f}" if method in table["rows"][t]
-                                 else "-" for t in targets)
-            lines.append(f"| {first['summary']}{served} | " + " | ".join(cells) + f" | {seconds} | {ref} |")
-        lines += ["", (f"The served method was chosen on the target val accuracy of a tuning seed outside the table; "
-                       f"the served checkpoint of each row is seed {table['shipped_seed']}, "
-                       "fixed before any run was measured. "
-                       "The seed report's figures were measured on the course's own hw2_data val folders, other images "
-                       "than these splits: a reference, not a like-for-like comparison.")]
-    lines += ["", "The shipped checkpoints on the test split (`python -m training.evaluate dann`):", "",
+        lines += _seed_table_lines(json.loads(table_path.read_text()))
+    lines += ["", ("The shipped checkpoints on the test split (`python -m training.evaluate dann`), each with its "
+                   "95% Wilson score interval: the binomial sampling error of one run's accuracy on the split's "
+                   "images:"), "",
               "| checkpoint | " + " | ".join(f"MNIST-M -> {t.upper()}" for t in DANN_CHECKPOINTS) + " |",
               "|---|" + "---|" * len(DANN_CHECKPOINTS)]
     for method in TABLE_METHODS:
-        keys = [f"dann_{t}_test" if method == SERVED_METHOD else f"dann_{t}_{method}" for t in DANN_CHECKPOINTS]
-        lines.append(f"| {METHODS[method].summary} | " + " | ".join(_pct(metrics.get(k)) for k in keys) + " |")
+        keys = [metric_key(t, method, SERVED_METHOD) for t in DANN_CHECKPOINTS]
+        lines.append(f"| {METHODS[method].summary} | " + " | ".join(_with_ci95(metrics, k) for k in keys) + " |")
     return lines + [""]
 
 

@@ -12,6 +12,7 @@ import torch
 from contract.roles import DANN_CHECKPOINTS, FACE_CHECKPOINTS
 from models.checkpoints import list_cards
 from training.common import REPO
+from training.dann import SERVED_METHOD
 from training.diversity import mean_pairwise_msssim
 from training.evaluate import dann_table_names
 
@@ -77,3 +78,4 @@ def test_dann_rows_ran_one_step_plan_to_its_end() -> None:
             assert training["completed"] and training["steps"] == training["steps_planned"] == table["steps"], name
             assert training["method"] == row and training["seed"] == table["shipped_seed"], name
             assert len(table["rows"][target][row]["seeds"]) >= 3, f"{target} {row}: fewer than 3 seeds"
+    assert table["served_method"] == SERVED_METHOD, "the table's served row is the one the service serves"

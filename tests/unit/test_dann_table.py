@@ -26,6 +26,8 @@ def test_table_sweep_ship_and_evaluate(small_hw2_data: Path, tmp_path: Path, cap
         assert row["seeds"] == [0, 1]
         for part in ("val", "test"):
             assert len(row[part]["runs"]) == 2 and all(0 <= v <= 1 for v in row[part]["runs"])
+            assert len(row[part]["ci95"]) == 2 and len(row[part]["runs_ci95"]) == 2
+    assert table["served_method"] == "dann_st" and "ci95" in table["intervals"]
     cards = list_cards(root / "checkpoints")
     assert {c["training"]["steps_planned"] for c in cards.values()} == {2}
     assert all(c["training"]["completed"] for c in cards.values())
@@ -45,7 +47,10 @@ def test_table_sweep_ship_and_evaluate(small_hw2_data: Path, tmp_path: Path, cap
 
     evaluate_main(["dann", "--data", str(small_hw2_data), "--checkpoint-dir", str(shipped), "--device", "cpu"])
     metrics = json.loads((shipped / "metrics.json").read_text())
-    assert set(metrics) == {"dann_usps_test", "dann_usps_val", "dann_usps_dann"}
+    figures = {k for k in metrics if "ci95" not in k and "seed_mean" not in k}
+    assert figures == {"dann_usps_test", "dann_usps_val", "dann_usps_dann"}
+    for key in ("dann_usps_test", "dann_usps_dann", "dann_usps_test_seed_mean"):
+        assert metrics[f"{key}_ci95_lo"] <= metrics[key] <= metrics[f"{key}_ci95_hi"], key
     card = list_cards(shipped)["dann-usps"]["metrics"]
     assert card["target_test_acc"] == metrics["dann_usps_test"]
     assert list_cards(shipped)["dann-usps"]["evaluation"]["dann"]["command"].startswith("python -m training.evaluate dann --data ")
