@@ -1,6 +1,6 @@
 """Distil the served, guided digit sampler into a student that needs a few network evaluations per image.
 
-    python -m training distill --max-minutes 90             # 3,000 teacher samples, then the student (CPU)
+    python -m training distill --max-minutes 70             # 3,000 teacher samples, then the student (CPU)
     python -m training distill --resume --max-minutes 60     # continue it, exactly
 
 The teacher is the diffusion model as it is served: its card's default sampling
@@ -55,7 +55,7 @@ TEACHER_ENGINES = ("torch", "openvino")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    add_common_args(parser, epochs=12, batch_size=32, lr=5e-5)
+    add_common_args(parser, epochs=12, batch_size=32, lr=1e-4)
     parser.add_argument("--teacher", type=Path, default=Path("checkpoints") / DIGIT_CHECKPOINT, metavar="DIR_OR_NAME",
                         help="the served diffusion checkpoint (its card's default sampling is what is distilled)")
     parser.add_argument("--pairs", type=int, default=3000,

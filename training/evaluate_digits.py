@@ -385,7 +385,8 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
         results |= real_results
         card_metrics |= real_card
     card = read_card(args.checkpoint_dir, DIGIT_CHECKPOINT)
-    metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS} | card_metrics
+    unrecorded = _unrecorded(card.get("metrics", {}))
+    metrics = {k: v for k, v in card.get("metrics", {}).items() if k not in STALE_METRICS + unrecorded} | card_metrics
     if student_record is not None:
         card.setdefault("sampling", {})["student"] = student_record
         update_metrics(args.checkpoint_dir, student, {k: rows["distilled"][k] for k in ("accuracy", "msssim", "fd")})
@@ -393,4 +394,13 @@ def evaluate_digits(args: argparse.Namespace) -> dict:
     write_card(args.checkpoint_dir, DIGIT_CHECKPOINT, card | {"metrics": metrics})
     record_evaluation(args.checkpoint_dir, DIGIT_CHECKPOINT, "digits", args.command)
     stale = tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" for k in STALE_METRICS)
-    return write_metrics(args.checkpoint_dir, results, drop=stale)
+    gone = tuple(f"digits_{k.removeprefix('eval_classifier_acc_')}_{name}" for k in unrecorded if k not in card_metrics
+                 for name, _ in _METRIC_FIELDS)
+    return write_metrics(args.checkpoint_dir, results, drop=stale + gone)
+
+
+def _unrecorded(card_metrics: dict) -> tuple[str, ...]:
+    """Configurations measured by code that did not record its command: nobody can rerun or audit them, so an
+    evaluation drops them (and their metrics.json figures) unless it measures them again."""
+    return tuple(k for k, v in card_metrics.items()
+                 if k.startswith("eval_classifier_acc_") and isinstance(v, dict) and "command" not in v)

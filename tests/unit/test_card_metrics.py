@@ -79,3 +79,10 @@ def test_dann_rows_ran_one_step_plan_to_its_end() -> None:
             assert training["method"] == row and training["seed"] == table["shipped_seed"], name
             assert len(table["rows"][target][row]["seeds"]) >= 3, f"{target} {row}: fewer than 3 seeds"
     assert table["served_method"] == SERVED_METHOD, "the table's served row is the one the service serves"
+
+
+def test_every_digit_figure_names_the_command_that_measured_it() -> None:
+    """A sampler's figures without the command that made them cannot be rerun or audited: none is shipped."""
+    rows = {k: v for k, v in CARDS["ddpm-digits"]["metrics"].items() if k.startswith("eval_classifier_acc_")}
+    assert rows and all(v["command"].startswith("python -m training.evaluate digits") for v in rows.values())
+    assert all(f"digits_{k.removeprefix('eval_classifier_acc_')}_acc" in METRICS for k in rows)
