@@ -34,8 +34,8 @@ from models.loading import load_pipeline
 from models.pipelines import DannClassifier, FacePipeline
 
 from .common import command_line
-from .dann import run_name
-from .dann_intervals import ci95_metrics
+from .dann import SERVED_METHOD, run_name
+from .dann_intervals import ci95_metrics, metric_key
 from .dann_table import TABLE_METHODS
 from .data.datasets import load_faces
 from .data.splits import VAL_SIZE, load_target
@@ -193,10 +193,8 @@ def evaluate_dann(args: argparse.Namespace) -> dict:
             })
             record_evaluation(args.checkpoint_dir, name, "dann", args.command)
             if name == DANN_CHECKPOINTS[target]:  # the served model
-                key = f"dann_{target}_test"
                 results[f"dann_{target}_val"] = round(acc["val"], 4)
-            else:
-                key = f"dann_{target}_{row}"
+            key = metric_key(target, row, SERVED_METHOD)
             results[key] = round(acc["test"], 4)
             results.update(ci95_metrics(key, wilson_interval(acc["test"], len(splits["test"][1]))))
     return write_metrics(args.checkpoint_dir, results)

@@ -121,7 +121,7 @@ def measure_engines(args: argparse.Namespace) -> dict[str, dict]:
         networks.append((student, pipe.student, SamplingConfig(DISTILLED)))
     records = {}
     for name, net, config in networks:
-        if not getattr(args, "remeasure", False) and _recorded(read_card(args.checkpoint_dir, name), net, config,
+        if not args.remeasure and _recorded(read_card(args.checkpoint_dir, name), net, config,
                                                                pairs, args.per_digit):
             print(f"{name}: its card records every engine for these weights at this seed and count (--remeasure)")
             continue

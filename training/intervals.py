@@ -45,13 +45,19 @@ def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
     return (lo + hi) / 2
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+
+
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float] | None:
     """Student t interval of the mean of ``values``; None for fewer than two, whose spread is unknown."""
     n = len(values)
     if n < 2:
         return None
-    mean = math.fsum(values) / n
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    mean, std = mean_std(values)
     half = t_quantile(n - 1, confidence) * std / math.sqrt(n)
     return mean - half, mean + half
 
@@ -90,8 +96,7 @@ def summarize(values: Sequence[float], images: int | None = None) -> dict:
     reproduce them; with ``images`` (the runs are accuracies), each run's Wilson interval too, and the t interval
     clipped to [0, 1], since a symmetric interval near a perfect score would claim more than 100%."""
     runs = [round(float(v), 4) for v in values]
-    mean = math.fsum(runs) / len(runs)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in runs) / (len(runs) - 1)) if len(runs) > 1 else 0.0
+    mean, std = mean_std(runs)
     cell = {"mean": round(mean, 4), "std": round(std, 4), "ci95": _rounded(t_interval(runs), clip=images is not None),
             "runs": runs}
     if images is not None:
